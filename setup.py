@@ -1,0 +1,185 @@
+"""Builds tskd_fast._C: the CPU kernels always, the CUDA kernels when asked for or possible.
+
+Knobs (environment variables), as users of PyTorch extensions expect them:
+  FORCE_CUDA=1            build the CUDA kernels even without a visible GPU (GPU wheels on CPU hosts)
+  TSKD_FAST_SKIP_CUDA=1   never build the CUDA kernels
+  TORCH_CUDA_ARCH_LIST    CUDA architectures (default "8.0;9.0" when no GPU is visible)
+  CUDA_HOME               the CUDA toolkit (default /usr/local/cuda when it exists)
+  MAX_JOBS                parallel compile jobs (read by torch's ninja build)
+  DEBUG=1                 -O0 -g instead of -O3
+  TSKD_FAST_WERROR=1      treat compiler warnings as errors (CI)
+"""
+
+import glob
+import os
+import platform
+import sys
+
+from setuptools import find_packages, setup
+
+# torch guesses CUDA_HOME from `which nvcc` and fails on some layouts: prefer the standard root.
+if "CUDA_HOME" not in os.environ and os.path.isdir("/usr/local/cuda"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import (  # noqa: E402
+    CUDA_HOME,
+    include_paths,
+    BuildExtension,
+    CppExtension,
+    CUDAExtension,
+)
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEBUG = os.environ.get("DEBUG", "0") == "1"
+WERROR = os.environ.get("TSKD_FAST_WERROR", "0") == "1"
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+# The vector ISAs ATen itself dispatches between on x86; each kernel body is compiled once per ISA
+# (csrc/cpu/isa/*_<isa>.cpp) and the best one the CPU supports is chosen at run time.
+ISA_FLAGS = {
+    "avx2": ["-mavx2", "-mfma", "-mf16c", "-mbmi", "-mbmi2", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+    "avx512": [
+        "-mavx512f",
+        "-mavx512bw",
+        "-mavx512vl",
+        "-mavx512dq",
+        "-mfma",
+        "-mf16c",
+        "-DCPU_CAPABILITY=AVX512",
+        "-DCPU_CAPABILITY_AVX512",
+        # GCC 12 flags its own _mm512_undefined_* intrinsics as uninitialised once inlined.
+        "-Wno-uninitialized",
+        "-Wno-maybe-uninitialized",
+    ],
+    "default": ["-DCPU_CAPABILITY=DEFAULT"],
+}
+
+
+def _isa_of(source):
+    stem = os.path.splitext(os.path.basename(source))[0]
+    for isa in ISA_FLAGS:
+        if stem.endswith("_" + isa):
+            return isa
+    return None
+
+
+def _want_cuda():
+    if os.environ.get("TSKD_FAST_SKIP_CUDA", "0") == "1":
+        return False, "TSKD_FAST_SKIP_CUDA=1"
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        if CUDA_HOME is None:
+            sys.exit("FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME.")
+        return True, "FORCE_CUDA=1"
+    if torch.version.cuda is None:
+        return False, "the installed torch has no CUDA"
+    if CUDA_HOME is None:
+        return False, "no CUDA toolkit found (set CUDA_HOME)"
+    return True, f"torch has CUDA {torch.version.cuda} and a toolkit is at {CUDA_HOME}"
+
+
+def _nvidia_include_dirs():
+    """Headers of the nvidia-* wheels torch depends on (cusparse.h etc. for ATen/cuda headers)."""
+    dirs = []
+    try:
+        import nvidia  # the namespace package of the nvidia-* wheels
+
+        for base in nvidia.__path__:
+            dirs += sorted(glob.glob(os.path.join(base, "*", "include")))
+    except ImportError:
+        pass
+    return dirs
+
+
+def get_extension():
+    use_cuda, why = _want_cuda()
+    if use_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        # Without a visible GPU torch cannot guess the architectures and fails.
+        if not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+    print(f"tskd_fast: CUDA kernels {'ON' if use_cuda else 'OFF'} ({why})", flush=True)
+    if use_cuda:
+        print(f"tskd_fast: TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(from the GPU)')}")
+
+    opt = ["-O0", "-g"] if DEBUG else ["-O3"]
+    # torch's headers as system headers: their warnings are not ours to fix (or to fail on).
+    system = [f"-isystem{path}" for path in include_paths(device_type="cuda" if use_cuda else "cpu")]
+    warn = system + ["-Wall", "-Wextra", "-Wno-unused-parameter"] + (["-Werror"] if WERROR else [])
+    cxx = opt + warn + ["-fopenmp", "-DTSKD_FAST_WITH_CUDA=%d" % int(use_cuda)]
+    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources += [s for s in sorted(glob.glob("csrc/cpu/isa/*.cpp")) if X86 or _isa_of(s) == "default"]
+    cxx.append("-DTSKD_FAST_X86_ISA=%d" % int(X86))
+    include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
+    kwargs = dict(extra_link_args=["-fopenmp"] + (["-g"] if DEBUG else []))
+
+    if use_cuda:
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        nvcc = opt + system + ["-lineinfo", "--expt-relaxed-constexpr", "-DTSKD_FAST_WITH_CUDA=1"]
+        if WERROR:
+            nvcc += ["-Werror", "all-warnings", "-Xcompiler", "-Wall,-Werror"]
+        include_dirs += _nvidia_include_dirs()
+        return CUDAExtension(
+            "tskd_fast._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            **kwargs,
+        )
+    return CppExtension(
+        "tskd_fast._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx}, **kwargs
+    )
+
+
+class BuildExtensionPerISA(BuildExtension):
+    """BuildExtension that adds the ISA flags to the csrc/cpu/isa/*_<isa>.cpp sources only."""
+
+    def build_extension(self, ext):
+        compile_all = self.compiler.compile
+
+        def compile_by_isa(sources, *args, **kwargs):
+            groups = {}
+            for source in sources:
+                groups.setdefault(_isa_of(source), []).append(source)
+            objects = []
+            for isa, group in groups.items():
+                kw = dict(kwargs)
+                if isa is not None:
+                    post = kw.get("extra_postargs")
+                    if isinstance(post, dict):
+                        post = dict(post, cxx=list(post.get("cxx", [])) + ISA_FLAGS[isa])
+                    else:
+                        post = list(post or []) + ISA_FLAGS[isa]
+                    kw["extra_postargs"] = post
+                objects += compile_all(group, *args, **kw)
+            return objects
+
+        self.compiler.compile = compile_by_isa
+        try:
+            super().build_extension(ext)
+        finally:
+            self.compiler.compile = compile_all
+        self._write_build_info(ext)
+
+    def _write_build_info(self, ext):
+        with_cuda = any(s.endswith(".cu") for s in ext.sources)
+        arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""
+        text = (
+            "# Written by setup.py when tskd_fast._C was built; read at import to catch a torch mismatch.\n"
+            f"TORCH_VERSION = {torch.__version__!r}\n"
+            f"WITH_CUDA = {with_cuda!r}\n"
+            f"CUDA_VERSION = {(torch.version.cuda if with_cuda else None)!r}\n"
+            f"CUDA_ARCH_LIST = {arch!r}\n"
+        )
+        for folder in {os.path.join(ROOT, "tskd_fast"), os.path.join(self.build_lib, "tskd_fast")}:
+            if os.path.isdir(folder):
+                with open(os.path.join(folder, "_build_info.py"), "w") as f:
+                    f.write(text)
+
+
+setup(
+    packages=find_packages(include=["tskd_fast", "tskd_fast.*"]),
+    package_data={"tskd_fast": ["configs/**/*.yaml", "data/*.npz"]},
+    ext_modules=[get_extension()],
+    cmdclass={"build_ext": BuildExtensionPerISA},
+    zip_safe=False,
+)

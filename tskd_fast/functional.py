@@ -1,0 +1,239 @@
+"""Torch-like functions over the fused ops, with a `backend=` switch.
+
+backend: "auto" (default; the TSKD_FAST_BACKEND environment variable can change it) picks the
+C++ kernels for CPU tensors and, on CUDA, the CUDA C++ kernels when built, else Triton; "cpu",
+"cuda", "triton" and "reference" force one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tskd_fast import reference
+from tskd_fast.ops import KA_MODES, dtd_weight_op, kd_loss_op, resolve_backend
+
+__all__ = ["kd_loss", "dtd_temperature", "dtd_weight"]
+
+REDUCTIONS = ("batchmean", "sum", "none")
+SCALES = ("tau2", "none")
+DTD_MODES = {"flsw": 0, "cwsm": 1}
+
+
+def _choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def _check_logits(student: torch.Tensor, teacher: torch.Tensor) -> None:
+    for name, t in (("student_logits", student), ("teacher_logits", teacher)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if student.dim() != 2:
+        raise ValueError(f"student_logits must be 2-D (batch, classes), got shape {tuple(student.shape)}")
+    if teacher.shape != student.shape:
+        raise ValueError(
+            f"teacher_logits must have the shape of student_logits {tuple(student.shape)}, "
+            f"got {tuple(teacher.shape)}"
+        )
+    if student.shape[0] == 0:
+        raise ValueError("student_logits is an empty batch (0 rows)")
+    if student.shape[1] == 0:
+        raise ValueError("student_logits has 0 classes")
+    if teacher.device != student.device:
+        raise ValueError(f"teacher_logits is on {teacher.device} but student_logits is on {student.device}")
+
+
+def _check_target(target: torch.Tensor | None, student: torch.Tensor, needed_for: str | None) -> torch.Tensor | None:
+    if target is None:
+        if needed_for is not None:
+            raise ValueError(f"{needed_for} needs target labels, but target is None")
+        return None
+    if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.is_complex():
+        raise ValueError("target must be an integer tensor of class indices")
+    if target.shape != (student.shape[0],):
+        raise ValueError(f"target must have shape (batch,) = ({student.shape[0]},), got {tuple(target.shape)}")
+    if target.device != student.device:
+        raise ValueError(f"target is on {target.device} but student_logits is on {student.device}")
+    return target.long()
+
+
+def _check_labels(target: torch.Tensor, classes: int, ignore_index: int) -> None:
+    """Labels in [0, classes) or ignore_index. Synchronising checks are skipped on CUDA and when
+    compiling; the kernels check there (device asserts)."""
+    if torch.compiler.is_compiling() or target.device.type != "cpu":
+        return
+    bad = (target != ignore_index) & ((target < 0) | (target >= classes))
+    if bool(bad.any()):
+        index = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"target[{index}] = {int(target[index])} is out of range: labels must be in [0, {classes}) "
+            f"or equal ignore_index ({ignore_index})"
+        )
+
+
+def _temperature_rows(temperature: float | torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """temperature as a detached (B,) tensor of the kernels' compute dtype; checks it is > 0."""
+    rows = student.shape[0]
+    dtype = torch.float64 if student.dtype == torch.float64 else torch.float32
+    if isinstance(temperature, torch.Tensor):
+        if temperature.dim() > 1 or (temperature.dim() == 1 and temperature.shape[0] != rows):
+            raise ValueError(
+                f"temperature must be a float, a 0-d tensor or a tensor of shape (batch,) = ({rows},), "
+                f"got shape {tuple(temperature.shape)}"
+            )
+        if temperature.device != student.device and temperature.numel() != 1:
+            raise ValueError(f"temperature is on {temperature.device} but student_logits is on {student.device}")
+        tau = temperature.detach().to(device=student.device, dtype=dtype).expand(rows).contiguous()
+        if not torch.compiler.is_compiling() and tau.device.type == "cpu":
+            if not bool(((tau > 0) & torch.isfinite(tau)).all()):
+                raise ValueError(f"temperature must be finite and > 0, got min {float(tau.min())}")
+        return tau
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+        raise ValueError(f"temperature must be a float or a tensor, got {type(temperature).__name__}")
+    if not (temperature > 0 and temperature != float("inf")):
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    return torch.full((rows,), float(temperature), dtype=dtype, device=student.device)
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor | None = None,
+    temperature: float | torch.Tensor = 4.0,
+    ka: str = "none",
+    lsr_p: float = 0.9,
+    scale: str = "tau2",
+    ce_weight: float = 0.0,
+    ignore_index: int = -100,
+    reduction: str = "batchmean",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Temperature-scaled KD loss with knowledge adjustment and an optional hard-label term.
+
+    Per row n: loss_n = s_n * KL(q_n || softmax(z_n / tau_n)) + ce_weight * CE(z_n, y_n), where
+    q_n = softmax(v_n / tau_n) after knowledge adjustment, s_n = tau_n^2 (scale="tau2", Hinton's
+    convention) or 1 (scale="none"), and 0 log 0 = 0.
+
+    Args:
+        student_logits: (B, C) float32, float16, bfloat16 (or float64 on the CPU).
+        teacher_logits: (B, C), same device; cast to the student's dtype; receives no gradient.
+        target: (B,) integer labels in [0, C) or ignore_index; needed for ka and ce_weight.
+        temperature: a float or a (B,) tensor (e.g. from dtd_temperature); > 0; no gradient.
+        ka: "none"; "ps" swaps the teacher's values at its argmax and at the label; "lsr" replaces
+            the target by lsr_p on the label and (1 - lsr_p) / (C - 1) elsewhere. Only rows whose
+            teacher argmax differs from the label change; ignored rows get no KA and no CE.
+        reduction: "batchmean" (sum over rows / B, like every KD reference; the CE term is averaged
+            over B too), "sum" or "none" ((B,) per-row losses).
+        backend: see the module docstring.
+
+    Returns:
+        The loss in the student's dtype: a scalar, or (B,) for reduction="none".
+
+    Rows whose student or teacher logits hold NaN or +inf (or are all -inf) get a NaN loss and
+    NaN gradient, as log_softmax would give; other rows are unaffected. A -inf logit is a masked
+    class: a teacher -inf contributes nothing; a student -inf where the target has mass gives inf.
+    """
+    _choice("ka", ka, KA_MODES)
+    _choice("scale", scale, SCALES)
+    _choice("reduction", reduction, REDUCTIONS)
+    _check_logits(student_logits, teacher_logits)
+    if not 0.0 <= lsr_p <= 1.0:
+        raise ValueError(f"lsr_p must be in [0, 1], got {lsr_p}")
+    needed_for = "ka=" + repr(ka) if ka != "none" else ("ce_weight != 0" if ce_weight != 0.0 else None)
+    target = _check_target(target, student_logits, needed_for)
+    if target is not None:
+        _check_labels(target, student_logits.shape[1], ignore_index)
+    tau = _temperature_rows(temperature, student_logits)
+    teacher = teacher_logits.detach().to(student_logits.dtype)
+
+    chosen = resolve_backend(backend, student_logits.device)
+    if chosen == "reference":
+        return reference.kd_loss(
+            student_logits, teacher, target, tau, ka, lsr_p, scale, ce_weight, ignore_index, reduction
+        )
+    compute_grad = student_logits.requires_grad and torch.is_grad_enabled()
+    row_loss, _ = kd_loss_op(chosen)(
+        student_logits,
+        teacher,
+        target,
+        tau,
+        KA_MODES[ka],
+        float(lsr_p),
+        scale == "tau2",
+        float(ce_weight),
+        int(ignore_index),
+        compute_grad,
+    )
+    if reduction == "batchmean":
+        loss = row_loss.sum() / student_logits.shape[0]
+    elif reduction == "sum":
+        loss = row_loss.sum()
+    else:
+        loss = row_loss
+    return loss.to(student_logits.dtype)
+
+
+def dtd_weight(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mode: str = "flsw",
+    gamma: float = 2.0,
+    target: torch.Tensor | None = None,
+    ka: str = "none",
+    ignore_index: int = -100,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Per-row DTD weights w (B,) float32 (float64 for float64 logits), without gradient.
+
+    mode="flsw": w = (1 - cos(z, v))^gamma, cosine of the logit vectors with 1e-4 added to each
+    norm; with ka="ps" it sees the probability-shifted teacher. mode="cwsm": w = 1 / (max_k
+    softmax(z)_k + 1e-3).
+    """
+    _choice("mode", mode, DTD_MODES)
+    _choice("ka", ka, KA_MODES)
+    _check_logits(student_logits, teacher_logits)
+    if not (gamma >= 0 and gamma != float("inf")):
+        raise ValueError(f"gamma must be finite and >= 0, got {gamma}")
+    uses_ka = ka == "ps" and mode == "flsw"
+    target = _check_target(target if uses_ka else None, student_logits, "ka='ps'" if uses_ka else None)
+    if target is not None:
+        _check_labels(target, student_logits.shape[1], ignore_index)
+    student = student_logits.detach()
+    teacher = teacher_logits.detach().to(student.dtype)
+    chosen = resolve_backend(backend, student.device)
+    if chosen == "reference":
+        return reference.dtd_weight(student, teacher, target, mode, gamma, ka if uses_ka else "none", ignore_index)
+    return dtd_weight_op(chosen)(
+        student, teacher, target, DTD_MODES[mode], float(gamma), KA_MODES[ka] if uses_ka else 0, int(ignore_index)
+    )
+
+
+def dtd_temperature(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    t0: float = 4.0,
+    beta: float = 1.0,
+    gamma: float = 2.0,
+    mode: str = "flsw",
+    min_temperature: float = 0.1,
+    target: torch.Tensor | None = None,
+    ka: str = "none",
+    ignore_index: int = -100,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Dynamic per-sample temperatures tau (B,) of DTD, without gradient.
+
+    tau_n = t0 + beta * (mean_batch(w) - w_n) with w from dtd_weight (so the offsets sum to zero
+    over the batch), then clamped below at min_temperature: a row the student finds hard (large
+    w) gets a sharper target, and the clamp keeps tau > 0 when beta * w spreads more than t0.
+    """
+    if not (t0 > 0 and t0 != float("inf")):
+        raise ValueError(f"t0 must be finite and > 0, got {t0}")
+    if not (min_temperature > 0):
+        raise ValueError(f"min_temperature must be > 0, got {min_temperature}")
+    if beta != beta or abs(beta) == float("inf"):
+        raise ValueError(f"beta must be finite, got {beta}")
+    w = dtd_weight(student_logits, teacher_logits, mode, gamma, target, ka, ignore_index, backend)
+    return (t0 + beta * (w.mean() - w)).clamp_min(min_temperature)

@@ -1,0 +1,39 @@
+"""Op registration: the C++ ops (tskd_fast._C), the Triton ops, and the choice between them.
+
+`torch.ops.tskd_fast.kd_loss` and `torch.ops.tskd_fast.dtd_weight` are the C++ ops (CPU and,
+when built, CUDA); `torch.ops.tskd_fast.kd_loss_triton` and `dtd_weight_triton` are the Triton
+ops, defined when the Triton backend is first used. All share one autograd formula and one fake
+kernel, so they work with autograd, torch.compile and torch.library.opcheck alike.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tskd_fast.ops import _extension
+from tskd_fast.ops.backend import BACKENDS, resolve_backend, triton_available
+from tskd_fast.ops.kd_loss import KA_MODES, dtd_weight_fake, register_kd_loss_op
+
+__all__ = ["BACKENDS", "KA_MODES", "resolve_backend", "kd_loss_op", "dtd_weight_op", "triton_available"]
+
+if _extension.has_cpu_kernels():
+    register_kd_loss_op("tskd_fast::kd_loss")
+    torch.library.register_fake("tskd_fast::dtd_weight", dtd_weight_fake)
+
+
+def kd_loss_op(backend: str):
+    """The kd_loss op of a resolved backend ("cpu", "cuda" or "triton")."""
+    if backend == "triton":
+        from tskd_fast.ops.triton import kd_loss as triton_kd_loss
+
+        return triton_kd_loss.kd_loss_triton
+    return torch.ops.tskd_fast.kd_loss.default
+
+
+def dtd_weight_op(backend: str):
+    """The dtd_weight op of a resolved backend ("cpu", "cuda" or "triton")."""
+    if backend == "triton":
+        from tskd_fast.ops.triton import dtd_weight as triton_dtd_weight
+
+        return triton_dtd_weight.dtd_weight_triton
+    return torch.ops.tskd_fast.dtd_weight.default

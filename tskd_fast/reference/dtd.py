@@ -1,0 +1,56 @@
+"""Dynamic temperature distillation (DTD) temperatures in plain PyTorch (METHODS A1, §3.2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tskd_fast.reference.kd_loss import _opmath, probability_shift
+
+FLSW_NORM_EPS = 1e-4
+CWSM_EPS = 1e-3
+
+
+def dtd_weight(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor | None = None,
+    mode: str = "flsw",
+    gamma: float = 2.0,
+    ka: str = "none",
+    ignore_index: int = -100,
+) -> torch.Tensor:
+    """Per-row weight w (B,): flsw (1 - cos(z, v))^gamma or cwsm 1 / (max softmax(z) + 1e-3).
+
+    flsw sees the probability-shifted teacher when ka == "ps"; label smoothing replaces the
+    target distribution, not the logits, so with ka == "lsr" the teacher logits are used as given.
+    """
+    opmath = _opmath(student_logits.dtype)
+    z = student_logits.detach().to(opmath)
+    if mode == "cwsm":
+        return 1.0 / (F.softmax(z, dim=1).amax(dim=1) + CWSM_EPS)
+    v = teacher_logits.detach().to(opmath)
+    if ka == "ps":
+        v = probability_shift(v, target, ignore_index)
+    zn = z / (z.norm(dim=1, keepdim=True) + FLSW_NORM_EPS)
+    vn = v / (v.norm(dim=1, keepdim=True) + FLSW_NORM_EPS)
+    gap = (1.0 - (zn * vn).sum(dim=1)).clamp(0.0, 2.0)
+    return gap.pow(gamma)
+
+
+def dtd_temperature(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    t0: float = 4.0,
+    beta: float = 1.0,
+    gamma: float = 2.0,
+    mode: str = "flsw",
+    min_temperature: float = 0.1,
+    target: torch.Tensor | None = None,
+    ka: str = "none",
+    ignore_index: int = -100,
+) -> torch.Tensor:
+    """tau_n = max(t0 + beta (mean(w) - w_n), min_temperature), (B,), without gradient."""
+    with torch.no_grad():
+        w = dtd_weight(student_logits, teacher_logits, target, mode, gamma, ka, ignore_index)
+        return (t0 + beta * (w.mean() - w)).clamp_min(min_temperature)
