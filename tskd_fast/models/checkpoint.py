@@ -28,7 +28,8 @@ _SAFE_GLOBAL_NAMES = frozenset(
         "numpy._core.multiarray._reconstruct",
     }
 )
-_UNSUPPORTED_GLOBAL = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
+# The two ways the weights-only unpickler names a type it refused (a GLOBAL, or a BUILD target).
+_UNSUPPORTED_GLOBAL = re.compile(r"GLOBAL ([\w.]+) was not an allowed global|but got <class '([\w.]+)'>")
 _STRIP_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, and torch.compile wrappers
 _SHOW = 5
 
@@ -63,7 +64,7 @@ def _read_checkpoint(path: str) -> Any:
                 raise ValueError(
                     f"could not read checkpoint {path}: the file is corrupt or not a PyTorch checkpoint"
                 ) from exc
-            name = match.group(1)
+            name = match.group(1) or match.group(2)
             if not _is_safe_global(name) or any(name == n for _, n in extra):
                 raise ValueError(
                     f"refusing to load checkpoint {path}: it contains the pickled Python object {name!r}, "
