@@ -104,7 +104,7 @@ def get_extension():
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]
     # torch's headers as system headers: their warnings are not ours to fix (or to fail on).
     system = [f"-isystem{path}" for path in include_paths(device_type="cuda" if use_cuda else "cpu")]
-    warn = system + ["-Wall", "-Wextra", "-Wno-unused-parameter"] + (["-Werror"] if WERROR else [])
+    warn = system + ["-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-psabi"] + (["-Werror"] if WERROR else [])
     cxx = opt + warn + ["-fopenmp", "-DTSKD_FAST_WITH_CUDA=%d" % int(use_cuda)]
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     sources += [s for s in sorted(glob.glob("csrc/cpu/isa/*.cpp")) if X86 or _isa_of(s) == "default"]

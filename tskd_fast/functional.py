@@ -45,7 +45,9 @@ def _check_logits(student: torch.Tensor, teacher: torch.Tensor) -> None:
         raise ValueError(f"teacher_logits is on {teacher.device} but student_logits is on {student.device}")
 
 
-def _check_target(target: torch.Tensor | None, student: torch.Tensor, needed_for: str | None) -> torch.Tensor | None:
+def _check_target(
+    target: torch.Tensor | None, student: torch.Tensor, needed_for: str | None
+) -> torch.Tensor | None:
     if target is None:
         if needed_for is not None:
             raise ValueError(f"{needed_for} needs target labels, but target is None")
@@ -53,7 +55,9 @@ def _check_target(target: torch.Tensor | None, student: torch.Tensor, needed_for
     if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.is_complex():
         raise ValueError("target must be an integer tensor of class indices")
     if target.shape != (student.shape[0],):
-        raise ValueError(f"target must have shape (batch,) = ({student.shape[0]},), got {tuple(target.shape)}")
+        raise ValueError(
+            f"target must have shape (batch,) = ({student.shape[0]},), got {tuple(target.shape)}"
+        )
     if target.device != student.device:
         raise ValueError(f"target is on {target.device} but student_logits is on {student.device}")
     return target.long()
@@ -84,7 +88,9 @@ def _temperature_rows(temperature: float | torch.Tensor, student: torch.Tensor) 
                 f"got shape {tuple(temperature.shape)}"
             )
         if temperature.device != student.device and temperature.numel() != 1:
-            raise ValueError(f"temperature is on {temperature.device} but student_logits is on {student.device}")
+            raise ValueError(
+                f"temperature is on {temperature.device} but student_logits is on {student.device}"
+            )
         tau = temperature.detach().to(device=student.device, dtype=dtype).expand(rows).contiguous()
         if not torch.compiler.is_compiling() and tau.device.type == "cpu":
             if not bool(((tau > 0) & torch.isfinite(tau)).all()):
@@ -204,9 +210,17 @@ def dtd_weight(
     teacher = teacher_logits.detach().to(student.dtype)
     chosen = resolve_backend(backend, student.device)
     if chosen == "reference":
-        return reference.dtd_weight(student, teacher, target, mode, gamma, ka if uses_ka else "none", ignore_index)
+        return reference.dtd_weight(
+            student, teacher, target, mode, gamma, ka if uses_ka else "none", ignore_index
+        )
     return dtd_weight_op(chosen)(
-        student, teacher, target, DTD_MODES[mode], float(gamma), KA_MODES[ka] if uses_ka else 0, int(ignore_index)
+        student,
+        teacher,
+        target,
+        DTD_MODES[mode],
+        float(gamma),
+        KA_MODES[ka] if uses_ka else 0,
+        int(ignore_index),
     )
 
 

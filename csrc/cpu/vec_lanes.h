@@ -23,6 +23,9 @@ struct Lanes {  // float and double: one vector per step
   static constexpr int kWidth = Vec::size();
   static void load(const scalar_t* p, Vec* out) { out[0] = Vec::loadu(p); }
   static void store(scalar_t* p, const Vec* in) { in[0].store(p); }
+  // The first `count` (< kWidth) elements; the other lanes read as 0 and are not written.
+  static void load(const scalar_t* p, Vec* out, int count) { out[0] = Vec::loadu(p, count); }
+  static void store(scalar_t* p, const Vec* in, int count) { in[0].store(p, count); }
 };
 
 template <typename reduced_t>
@@ -39,6 +42,14 @@ struct ReducedLanes {  // float16 and bfloat16: one narrow vector, two float vec
   }
   static void store(reduced_t* p, const Vec* in) {
     at::vec::convert_from_float<reduced_t>(in[0], in[1]).store(p);
+  }
+  static void load(const reduced_t* p, Vec* out, int count) {
+    auto [lo, hi] = at::vec::convert_to_float<reduced_t>(Vectorized<reduced_t>::loadu(p, count));
+    out[0] = lo;
+    out[1] = hi;
+  }
+  static void store(reduced_t* p, const Vec* in, int count) {
+    at::vec::convert_from_float<reduced_t>(in[0], in[1]).store(p, count);
   }
 };
 

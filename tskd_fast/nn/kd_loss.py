@@ -77,7 +77,12 @@ class DTDTemperature(nn.Module):
     ) -> None:
         super().__init__()
         self.t0, self.beta, self.gamma, self.mode = t0, beta, gamma, mode
-        self.min_temperature, self.ka, self.ignore_index, self.backend = min_temperature, ka, ignore_index, backend
+        self.min_temperature, self.ka, self.ignore_index, self.backend = (
+            min_temperature,
+            ka,
+            ignore_index,
+            backend,
+        )
 
     def forward(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor | None = None

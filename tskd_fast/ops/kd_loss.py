@@ -39,6 +39,8 @@ def kd_loss_fake(
 def kd_loss_setup_context(ctx, inputs, output) -> None:
     row_loss, row_grad = output
     ctx.mark_non_differentiable(row_grad)
+    # row_grad is never differentiated: do not let autograd build a (B, C) zero gradient for it.
+    ctx.set_materialize_grads(False)
     ctx.compute_grad = inputs[-1]
     ctx.save_for_backward(row_grad)
 

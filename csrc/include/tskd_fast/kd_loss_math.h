@@ -99,7 +99,9 @@ TSKD_HD T kd_row_loss(const KdRowSums<T>& s, const KdRowInfo<T>& r, const Smooth
   T kl;
   if (r.target == kTargetSmoothed) {
     const T b_label = (r.student_at_label - r.student_max) * r.inv_tau;
-    const T q_dot_log_p = st.off * (s.student_scaled - b_label) + st.on * b_label - log_student;
+    // off == 0 (lsr_p = 1) must not turn a -inf student logit into 0 * -inf.
+    const T off_part = st.off == T(0) ? T(0) : st.off * (s.student_scaled - b_label);
+    const T q_dot_log_p = off_part + st.on * b_label - log_student;
     kl = st.neg_entropy - q_dot_log_p;
   } else {
     T cross = s.cross;
