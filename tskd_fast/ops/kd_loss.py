@@ -51,6 +51,8 @@ def kd_loss_backward(ctx, grad_row_loss: torch.Tensor, grad_row_grad: torch.Tens
             "tskd_fast::kd_loss was called with compute_grad=False, so it kept no gradient; "
             "call it with compute_grad=True to backpropagate"
         )
+    if grad_row_loss is None:  # the loss itself was not used (grads are not materialised)
+        return (None,) * 10
     (row_grad,) = ctx.saved_tensors
     # The product is formed in float32 and written in the logits' dtype in one pass.
     grad_student = torch.mul(row_grad, grad_row_loss.unsqueeze(1), out=torch.empty_like(row_grad))

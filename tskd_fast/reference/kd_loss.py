@@ -88,7 +88,8 @@ def kd_loss(
     q = kd_target(v, target, tau, ka, lsr_p, ignore_index).detach()
     log_p = F.log_softmax(z / tau.unsqueeze(1), dim=1)
     log_q = torch.log(q)
-    pointwise = torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q))
+    # 0 log 0 = 0 only where q is exactly 0, so a NaN target (a row of -inf) stays NaN.
+    pointwise = torch.where(q == 0, torch.zeros_like(q), q * (log_q - log_p))
     row = pointwise.sum(dim=1)
     if scale == "tau2":
         row = row * tau.square()
