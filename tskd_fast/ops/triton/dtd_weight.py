@@ -1,0 +1,191 @@
+"""Per-row DTD weights as a Triton kernel: the op tskd_fast::dtd_weight_triton.
+
+Same signature and semantics as the C++ op tskd_fast::dtd_weight (csrc/cpu/dtd_weight_kernel.h,
+csrc/include/tskd_fast/dtd_math.h):
+  flsw (mode 0): w = (1 - cos(z, v))^gamma, cos = z.v / ((|z| + 1e-4) (|v| + 1e-4)), 1 - cos
+                 clamped to [0, 2]; with ka = 1 (ps) the teacher's values at its argmax and at
+                 the label are swapped on rows whose argmax misses the label;
+  cwsm (mode 1): w = 1 / (max softmax(z) + 1e-3).
+One pass over the row in BLOCK_C-wide chunks, several short rows per program (the tile of
+_config.row_block_config); math in float32 (float64 for float64 logits).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from tskd_fast.ops.kd_loss import dtd_weight_fake
+from tskd_fast.ops.triton import _checks
+from tskd_fast.ops.triton._config import RowBlockConfig, row_block_config
+from tskd_fast.ops.triton._launch import quiet_interpreter
+from tskd_fast.ops.triton._rowmath import first_max_index, nan_as_inf, rescale_unit, shift
+
+OP_NAME = "tskd_fast::dtd_weight_triton"
+SCHEMA = "(Tensor student, Tensor teacher, Tensor? target, int mode, float gamma, int ka, int ignore_index) -> Tensor"
+
+FLSW_NORM_EPS = 1e-4  # added to each L2 norm (dtd_math.h kFlswNormEps)
+CWSM_EPS = 1e-3  # added to the student's max probability (dtd_math.h kCwsmEps)
+
+
+@triton.jit
+def _dtd_weight_kernel(
+    z_ptr,
+    v_ptr,
+    y_ptr,
+    params_ptr,
+    w_ptr,
+    n_rows,
+    n_cols,
+    z_row_stride,
+    v_row_stride,
+    ignore_index,
+    gamma_arg,
+    MODE: tl.constexpr,
+    SWAP: tl.constexpr,
+    PARAMS_IN_MEMORY: tl.constexpr,
+    ACC: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < n_rows
+    rows64 = rows.to(tl.int64)
+    z_row = z_ptr + rows64 * z_row_stride
+    v_row = v_ptr + rows64 * v_row_stride
+
+    if MODE == 0:
+        # Float scalar arguments are float32 in Triton; float64 runs read gamma from memory.
+        if PARAMS_IN_MEMORY:
+            gamma = tl.load(params_ptr)
+        else:
+            gamma = gamma_arg
+        dot = tl.zeros([ROWS], ACC)
+        zz = tl.zeros([ROWS], ACC)
+        vv = tl.zeros([ROWS], ACC)
+        mv = tl.full([ROWS], float("-inf"), ACC)
+        arg = tl.zeros([ROWS], tl.int32)
+        for c0 in range(0, n_cols, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)
+            ok = row_ok[:, None] & (cols < n_cols)[None, :]
+            z = tl.load(z_row[:, None] + cols[None, :], mask=ok, other=0.0).to(ACC)
+            v = tl.load(v_row[:, None] + cols[None, :], mask=ok, other=0.0).to(ACC)
+            dot += tl.sum(z * v, axis=1)
+            zz += tl.sum(z * z, axis=1)
+            vv += tl.sum(v * v, axis=1)
+            if SWAP:
+                vm = tl.where(ok, nan_as_inf(v), float("-inf"))
+                chunk_mv = tl.max(vm, axis=1)
+                arg = tl.where(chunk_mv > mv, first_max_index(vm, chunk_mv, cols), arg)
+                mv = tl.maximum(mv, chunk_mv)
+        if SWAP:
+            label = tl.load(y_ptr + rows, mask=row_ok, other=ignore_index)
+            # Out-of-range labels were rejected before the launch (or trip a device assert on
+            # CUDA); leaving them out keeps every access in bounds meanwhile.
+            wrong = row_ok & (label != ignore_index) & (label >= 0) & (label < n_cols)
+            wrong = wrong & (arg < n_cols) & (arg.to(tl.int64) != label)
+            z_arg = tl.load(z_row + arg, mask=wrong, other=0.0).to(ACC)
+            v_arg = tl.load(v_row + arg, mask=wrong, other=0.0).to(ACC)
+            z_label = tl.load(z_row + label, mask=wrong, other=0.0).to(ACC)
+            v_label = tl.load(v_row + label, mask=wrong, other=0.0).to(ACC)
+            # Swapping v at the argmax j and the label y changes z.v by (z_j - z_y)(v_y - v_j).
+            dot += tl.where(wrong, (z_arg - z_label) * (v_label - v_arg), 0.0)
+        cosine = dot / ((tl.sqrt(zz) + FLSW_NORM_EPS) * (tl.sqrt(vv) + FLSW_NORM_EPS))
+        gap = 1.0 - cosine
+        # A clamp by comparisons lets NaN through, as the C++ kernels and torch.clamp do.
+        gap = tl.where(gap < 0.0, 0.0, tl.where(gap > 2.0, 2.0, gap))
+        # pow without libdevice: exp(gamma log gap) gives 0 at gap = 0 for gamma > 0, and
+        # x^0 = 1 for every x (NaN included) as pow does.
+        w = tl.where(gamma == 0.0, 1.0, tl.exp(gamma * tl.log(gap)))
+    else:
+        m = tl.full([ROWS], float("-inf"), ACC)
+        s = tl.zeros([ROWS], ACC)
+        for c0 in range(0, n_cols, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)
+            ok = row_ok[:, None] & (cols < n_cols)[None, :]
+            z = tl.load(z_row[:, None] + cols[None, :], mask=ok, other=float("-inf")).to(ACC)
+            m_new = tl.maximum(m, tl.max(nan_as_inf(z), axis=1))
+            s = rescale_unit(m, m_new) * s + tl.sum(tl.exp(z - shift(m_new)[:, None]), axis=1)
+            m = m_new
+        # max softmax = 1 / sum exp(z - max z); NaN or +inf anywhere, or only -inf, gives NaN as
+        # softmax does.
+        w = 1.0 / (1.0 / s + CWSM_EPS)
+        w = tl.where(tl.abs(m) < float("inf"), w, float("nan"))
+    tl.store(w_ptr + rows, w.to(ACC), mask=row_ok)
+
+
+def launch_dtd_weight(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    target: torch.Tensor | None,
+    mode: int,
+    gamma: float,
+    ka: int,
+    ignore_index: int,
+    config: RowBlockConfig | None = None,
+) -> torch.Tensor:
+    """Run the kernel on checked inputs (unit class stride, contiguous target); returns w (B,)
+    float32 (float64 for float64 logits). `config` overrides the launch shape."""
+    rows, classes = student.shape
+    acc = _checks.opmath_dtype(student.dtype)
+    weight = torch.empty((rows,), dtype=acc, device=student.device)
+    cfg = config if config is not None else row_block_config(classes)
+    params_in_memory = acc == torch.float64 and mode == 0
+    params = torch.tensor([gamma], dtype=acc, device=student.device) if params_in_memory else weight
+    # Label smoothing replaces the target distribution, not the logits: only ps changes flsw.
+    swap = mode == 0 and ka == 1 and target is not None
+    grid = (triton.cdiv(rows, cfg.rows),)
+    with quiet_interpreter():
+        _dtd_weight_kernel[grid](
+            student,
+            teacher,
+            target if swap else weight,
+            params,
+            weight,
+            rows,
+            classes,
+            student.stride(0),
+            teacher.stride(0),
+            ignore_index,
+            gamma,
+            MODE=mode,
+            SWAP=swap,
+            PARAMS_IN_MEMORY=params_in_memory,
+            ACC=tl.float64 if acc == torch.float64 else tl.float32,
+            ROWS=cfg.rows,
+            BLOCK_C=cfg.block_c,
+            num_warps=cfg.num_warps,
+        )
+    return weight
+
+
+def _dtd_weight_triton_impl(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    target: torch.Tensor | None,
+    mode: int,
+    gamma: float,
+    ka: int,
+    ignore_index: int,
+) -> torch.Tensor:
+    _checks.check_dtd_weight_inputs(student, teacher, target, mode, gamma, ka, OP_NAME)
+    _checks.check_device_runs_triton(student, OP_NAME)
+    student = _checks.with_unit_class_stride(student)
+    teacher = _checks.with_unit_class_stride(teacher)
+    if target is not None:
+        target = target.contiguous()
+        if ka != 0:
+            _checks.check_labels(target, student.shape[1], ignore_index, OP_NAME)
+    return launch_dtd_weight(student, teacher, target, mode, gamma, ka, ignore_index)
+
+
+_dtd_weight_triton_def = torch.library.custom_op(
+    OP_NAME, _dtd_weight_triton_impl, mutates_args=(), device_types=("cuda", "cpu"), schema=SCHEMA
+)
+torch.library.register_fake(_dtd_weight_triton_def, dtd_weight_fake)
+
+#: The op overload, called like torch.ops.tskd_fast.dtd_weight.default:
+#: (student (B, C), teacher (B, C), target (B,) int64 | None, mode (0 flsw, 1 cwsm), gamma, ka,
+#: ignore_index) -> w (B,) float32 (float64 for float64 logits).
+dtd_weight_triton = torch.ops.tskd_fast.dtd_weight_triton.default
