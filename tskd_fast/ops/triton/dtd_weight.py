@@ -27,6 +27,9 @@ SCHEMA = "(Tensor student, Tensor teacher, Tensor? target, int mode, float gamma
 
 FLSW_NORM_EPS = 1e-4  # added to each L2 norm (dtd_math.h kFlswNormEps)
 CWSM_EPS = 1e-3  # added to the student's max probability (dtd_math.h kCwsmEps)
+# Kernels may read only constexpr globals.
+_FLSW_NORM_EPS = tl.constexpr(FLSW_NORM_EPS)
+_CWSM_EPS = tl.constexpr(CWSM_EPS)
 
 
 @triton.jit
@@ -91,7 +94,7 @@ def _dtd_weight_kernel(
             v_label = tl.load(v_row + label, mask=wrong, other=0.0).to(ACC)
             # Swapping v at the argmax j and the label y changes z.v by (z_j - z_y)(v_y - v_j).
             dot += tl.where(wrong, (z_arg - z_label) * (v_label - v_arg), 0.0)
-        cosine = dot / ((tl.sqrt(zz) + FLSW_NORM_EPS) * (tl.sqrt(vv) + FLSW_NORM_EPS))
+        cosine = dot / ((tl.sqrt(zz) + _FLSW_NORM_EPS) * (tl.sqrt(vv) + _FLSW_NORM_EPS))
         gap = 1.0 - cosine
         # A clamp by comparisons lets NaN through, as the C++ kernels and torch.clamp do.
         gap = tl.where(gap < 0.0, 0.0, tl.where(gap > 2.0, 2.0, gap))
@@ -110,7 +113,7 @@ def _dtd_weight_kernel(
             m = m_new
         # max softmax = 1 / sum exp(z - max z); NaN or +inf anywhere, or only -inf, gives NaN as
         # softmax does.
-        w = 1.0 / (1.0 / s + CWSM_EPS)
+        w = 1.0 / (1.0 / s + _CWSM_EPS)
         w = tl.where(tl.abs(m) < float("inf"), w, float("nan"))
     tl.store(w_ptr + rows, w.to(ACC), mask=row_ok)
 
