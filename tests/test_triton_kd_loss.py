@@ -404,12 +404,13 @@ def test_dtd_weight_input_errors():
 def test_cpu_tensors_outside_the_interpreter_are_refused(monkeypatch):
     if DEVICE != "cpu":
         pytest.skip("the interpreter runs here only without a GPU")
-    import tskd_fast.ops.triton as triton_ops
-
-    monkeypatch.setattr(triton_ops, "interpreting", lambda: False)
+    monkeypatch.setattr(triton_kd, "INTERPRETED", False)
+    monkeypatch.setattr(triton_dtd, "INTERPRETED", False)
     student, teacher, target, tau = sample()
     with pytest.raises(RuntimeError, match="CPU tensors run only in the Triton interpreter"):
         torch.ops.tskd_fast.kd_loss_triton(student, teacher, target, tau, 0, 0.9, True, 0.0, -100, False)
+    with pytest.raises(RuntimeError, match="CPU tensors run only in the Triton interpreter"):
+        torch.ops.tskd_fast.dtd_weight_triton(student, teacher, target, 1, 2.0, 0, -100)
 
 
 # ---------------------------------------------------------------------------------------------

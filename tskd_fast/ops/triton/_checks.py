@@ -247,12 +247,10 @@ def check_temperature_values(temperature: torch.Tensor, op: str) -> None:
     torch._assert_async(ok.all(), f"{op}: temperature must be finite and > 0")
 
 
-def check_device_runs_triton(student: torch.Tensor, op: str) -> None:
+def check_device_runs_triton(student: torch.Tensor, interpreted: bool, op: str) -> None:
     """CPU tensors run only in the Triton interpreter; say so instead of failing in the launcher."""
-    from tskd_fast.ops.triton import interpreting
-
     _check(
-        student.device.type != "cpu" or interpreting(),
+        student.device.type != "cpu" or interpreted,
         op,
         ": CPU tensors run only in the Triton interpreter (TRITON_INTERPRET=1 set before triton is ",
         "imported); use CUDA tensors, or the 'cpu' backend",

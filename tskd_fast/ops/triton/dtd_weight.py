@@ -19,7 +19,7 @@ import triton.language as tl
 from tskd_fast.ops.kd_loss import dtd_weight_fake
 from tskd_fast.ops.triton import _checks
 from tskd_fast.ops.triton._config import RowBlockConfig, row_block_config
-from tskd_fast.ops.triton._launch import quiet_interpreter
+from tskd_fast.ops.triton._launch import quiet_interpreter, runs_in_interpreter
 from tskd_fast.ops.triton._rowmath import first_max_index, nan_as_inf, rescale_unit, shift
 
 OP_NAME = "tskd_fast::dtd_weight_triton"
@@ -118,6 +118,10 @@ def _dtd_weight_kernel(
     tl.store(w_ptr + rows, w.to(ACC), mask=row_ok)
 
 
+# Whether the kernels run in the Triton interpreter (which also runs them on CPU tensors).
+INTERPRETED = runs_in_interpreter(_dtd_weight_kernel)
+
+
 def launch_dtd_weight(
     student: torch.Tensor,
     teacher: torch.Tensor,
@@ -139,7 +143,7 @@ def launch_dtd_weight(
     # Label smoothing replaces the target distribution, not the logits: only ps changes flsw.
     swap = mode == 0 and ka == 1 and target is not None
     grid = (triton.cdiv(rows, cfg.rows),)
-    with quiet_interpreter():
+    with quiet_interpreter(INTERPRETED):
         _dtd_weight_kernel[grid](
             student,
             teacher,
@@ -173,7 +177,7 @@ def _dtd_weight_triton_impl(
     ignore_index: int,
 ) -> torch.Tensor:
     _checks.check_dtd_weight_inputs(student, teacher, target, mode, gamma, ka, OP_NAME)
-    _checks.check_device_runs_triton(student, OP_NAME)
+    _checks.check_device_runs_triton(student, INTERPRETED, OP_NAME)
     student = _checks.with_unit_class_stride(student)
     teacher = _checks.with_unit_class_stride(teacher)
     if target is not None:

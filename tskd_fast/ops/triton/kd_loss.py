@@ -5,13 +5,15 @@ csrc/include/tskd_fast/kd_loss_math.h); the autograd formula and fake kernel are
 of tskd_fast.ops.kd_loss.
 
 Kernel layout (launch shapes in _config.row_block_config):
-  * short rows (C <= 4096): a program owns a [ROWS, BLOCK_C] tile of several whole rows, reads
-    the student and teacher logits once, and writes loss and gradient from registers;
-  * long rows: a program owns one row and walks it in BLOCK_C-wide chunks twice: an online pass
+  * rows up to 4096 columns: a program owns a [ROWS, BLOCK_C] tile of whole rows (several rows
+    below 1024 columns, one from there on), reads the student and teacher logits once and writes
+    loss and gradient from registers;
+  * longer rows: a program owns one row and walks it in 4096-wide chunks twice: an online pass
     (running maxima with rescaled sums, as in online softmax) gathers every sum the loss needs,
-    and a second pass recomputes the exponentials to write the gradient.
+    and a second pass recomputes the exponentials to write the gradient: each logit is read twice
+    (a separate max pass would make it three times) and each gradient element written once.
 Math in float32 (float64 for float64 logits); logits are loaded and the gradient stored in the
-logits' dtype.
+logits' dtype. Rows with stride != C are read in place; column-strided logits are copied first.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import triton.language as tl
 from tskd_fast.ops.kd_loss import register_kd_loss_op
 from tskd_fast.ops.triton import _checks
 from tskd_fast.ops.triton._config import RowBlockConfig, row_block_config
-from tskd_fast.ops.triton._launch import quiet_interpreter
+from tskd_fast.ops.triton._launch import quiet_interpreter, runs_in_interpreter
 from tskd_fast.ops.triton._rowmath import first_max_index, nan_as_inf, rescale, rescale_unit, shift
 
 OP_NAME = "tskd_fast::kd_loss_triton"
@@ -332,6 +334,10 @@ def _kd_loss_kernel(
                 tl.store(g_row[:, None] + cols[None, :], g.to(grad_ptr.dtype.element_ty), mask=ok)
 
 
+# Whether the kernels run in the Triton interpreter (which also runs them on CPU tensors).
+INTERPRETED = runs_in_interpreter(_kd_loss_kernel)
+
+
 def _xlogx(x: float) -> float:
     return x * math.log(x) if x > 0 else 0.0
 
@@ -378,7 +384,7 @@ def launch_kd_loss(
     )
     has_target = target is not None
     grid = (triton.cdiv(rows, cfg.rows),)
-    with quiet_interpreter():
+    with quiet_interpreter(INTERPRETED):
         _kd_loss_kernel[grid](
             student,
             teacher,
@@ -425,7 +431,7 @@ def _kd_loss_triton_impl(
     compute_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _checks.check_kd_loss_inputs(student, teacher, target, temperature, ka, lsr_p, ce_weight, OP_NAME)
-    _checks.check_device_runs_triton(student, OP_NAME)
+    _checks.check_device_runs_triton(student, INTERPRETED, OP_NAME)
     student = _checks.with_unit_class_stride(student)
     teacher = _checks.with_unit_class_stride(teacher)
     temperature = temperature.contiguous()
