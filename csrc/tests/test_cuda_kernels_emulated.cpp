@@ -1,0 +1,310 @@
+// The CUDA kernels of csrc/cuda/*_kernels.cuh, run on the host under cuda_emulation.h, against
+// the double-precision reference (kd_reference.h): every row-group configuration (4 to 32 lanes
+// with registers, block loops of 256 and 512 threads), packed and unpacked rows, tail rows in a
+// block, float32/float16/bfloat16, the knowledge-adjustment and CE options, and the NaN, +inf and
+// -inf conventions. It checks the kernels' logic (indexing, reductions, per-row math); GPU-only
+// matters (occupancy, the device's exp2f, races the emulation's sequential fibers cannot show)
+// need a GPU run of tests/test_kd_loss_kernels.py.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+// clang-format off
+// The emulation must come before the kernel sources: it defines __global__, __shared__, ...
+#include "cuda_emulation.h"
+#include "cuda/dtd_weight_kernels.cuh"
+#include "cuda/kd_loss_kernels.cuh"
+// clang-format on
+#include "kd_reference.h"
+#include "test_check.h"
+
+namespace tskd_fast::testing {
+namespace {
+
+using cuda::DtdParams;
+using cuda::KdParams;
+
+// A (rows, classes) operand with a chosen row stride, its first row `offset` elements past a
+// 16-byte boundary; `values` holds the rounded values in double for the reference.
+template <typename scalar_t>
+struct Operand {
+  std::vector<scalar_t> storage;
+  scalar_t* data = nullptr;
+  int64_t stride = 0;
+  std::vector<Row> values;
+
+  Operand(const std::vector<Row>& rows, int64_t stride_, int64_t offset) : stride(stride_) {
+    const int64_t classes = static_cast<int64_t>(rows[0].size());
+    storage.assign(rows.size() * stride + offset + 16, scalar_t(0.0f));
+    const uintptr_t base = reinterpret_cast<uintptr_t>(storage.data());
+    const int64_t skip = static_cast<int64_t>((16 - base % 16) % 16 / sizeof(scalar_t));
+    data = storage.data() + skip + offset;
+    for (size_t n = 0; n < rows.size(); ++n) {
+      Row rounded(classes);
+      for (int64_t k = 0; k < classes; ++k) {
+        const scalar_t x = static_cast<scalar_t>(static_cast<float>(rows[n][k]));
+        data[n * stride + k] = x;
+        rounded[k] = static_cast<double>(static_cast<float>(x));
+      }
+      values.push_back(rounded);
+    }
+  }
+};
+
+template <typename scalar_t>
+const char* dtype_name() {
+  if constexpr (std::is_same_v<scalar_t, float>) return "float32";
+  if constexpr (std::is_same_v<scalar_t, c10::Half>) return "float16";
+  return "bfloat16";
+}
+
+// Relative rounding of one output element in the logits dtype.
+template <typename scalar_t>
+double output_rounding() {
+  if constexpr (std::is_same_v<scalar_t, float>) return 0.0;
+  if constexpr (std::is_same_v<scalar_t, c10::Half>) return 1.0 / 1024;
+  return 1.0 / 128;
+}
+
+template <typename Params, typename Launcher>
+void run_emulated(const Params& p, Launcher&& launcher) {
+  launcher(p, [&](auto kernel, int64_t blocks, int threads) {
+    cuda_emulation::launch(blocks, threads, [&] { kernel(p); });
+  });
+}
+
+struct KdCase {
+  int64_t rows;
+  int64_t classes;
+  int64_t row_pad = 0;  // extra elements per row (a row stride that breaks packing when odd)
+  int64_t offset = 0;   // elements between a 16-byte boundary and the first row
+  KdOptions options;
+  bool has_target = true;
+  bool compute_grad = true;
+  double spread = 3.0;
+  // Edits the double rows (student, teacher) and labels before they are stored.
+  std::function<void(std::vector<Row>&, std::vector<Row>&, std::vector<int64_t>&)> edit;
+};
+
+template <typename scalar_t>
+void check_kd_case(const KdCase& c, std::mt19937& rng) {
+  std::normal_distribution<double> normal(0.0, c.spread);
+  std::uniform_real_distribution<double> uniform(0.5, 4.0);
+  std::vector<Row> z(c.rows, Row(c.classes)), v(c.rows, Row(c.classes));
+  std::vector<int64_t> labels(c.rows);
+  std::vector<float> tau(c.rows);
+  for (int64_t n = 0; n < c.rows; ++n) {
+    for (int64_t k = 0; k < c.classes; ++k) {
+      z[n][k] = normal(rng);
+      v[n][k] = normal(rng);
+    }
+    labels[n] = static_cast<int64_t>(rng() % c.classes);
+    if (n % 5 == 4) labels[n] = c.options.ignore_index;
+    if (n % 3 == 1) labels[n] = first_argmax(v[n]);  // KA leaves these rows alone
+    tau[n] = n % 4 == 2 ? 1.0f : static_cast<float>(uniform(rng));
+  }
+  if (c.edit) c.edit(z, v, labels);
+  const Operand<scalar_t> student(z, c.classes + c.row_pad, c.offset);
+  const Operand<scalar_t> teacher(v, c.classes + c.row_pad, c.offset);
+  std::vector<float> row_loss(c.rows, -1.0f);
+  // at::empty memory: 16-byte aligned, contiguous.
+  Operand<scalar_t> grad(std::vector<Row>(c.rows, Row(c.classes, -7.0)), c.classes, 0);
+
+  KdParams<scalar_t> p{};
+  p.student = student.data;
+  p.teacher = teacher.data;
+  p.student_stride = student.stride;
+  p.teacher_stride = teacher.stride;
+  p.target = c.has_target ? labels.data() : nullptr;
+  p.temperature = tau.data();
+  p.row_loss = row_loss.data();
+  p.row_grad = c.compute_grad ? grad.data : nullptr;
+  p.rows = c.rows;
+  p.classes = c.classes;
+  p.ka = c.options.ka;
+  p.ignore_index = c.options.ignore_index;
+  p.smoothed = smoothed_target<float>(static_cast<float>(c.options.lsr_p), c.classes);
+  p.ce_weight = static_cast<float>(c.options.ce_weight);
+  p.scale_tau2 = c.options.scale_tau2;
+  p.aligned =
+      cuda::rows_take_packs<scalar_t>(p.student, p.student_stride, p.classes) &&
+      cuda::rows_take_packs<scalar_t>(p.teacher, p.teacher_stride, p.classes) &&
+      (p.row_grad == nullptr || cuda::rows_take_packs<scalar_t>(p.row_grad, p.classes, p.classes));
+  p.need_argmax = p.target != nullptr && p.ka != kKaNone;
+  run_emulated(p, [](const auto& params, auto&& launch) { cuda::launch_kd_loss(params, launch); });
+
+  const std::string what =
+      std::string(dtype_name<scalar_t>()) + " B=" + std::to_string(c.rows) +
+      " C=" + std::to_string(c.classes) + (p.aligned ? " packed" : " unpacked") +
+      " ka=" + std::to_string(c.options.ka) + " ce=" + std::to_string(c.options.ce_weight) +
+      (c.has_target ? "" : " no-target");
+  const double rounding = output_rounding<scalar_t>();
+  int bad_rows = 0;
+  for (int64_t n = 0; n < c.rows; ++n) {
+    const int64_t label = c.has_target ? labels[n] : c.options.ignore_index;
+    const KdRowResult ref =
+        kd_row_reference(student.values[n], teacher.values[n], label, tau[n], c.options);
+    const int before = failures();
+    // Sums of up to 9000 float terms: a few 1e-6 relative; the float32 floor of the Python tests.
+    TSKD_CHECK_CLOSE(row_loss[n], ref.loss, 3e-5 * std::max(1.0, std::fabs(ref.loss)),
+                     "%s row %lld loss", what.c_str(), (long long)n);
+    if (c.compute_grad) {
+      double scale = 1.0;
+      for (double g : ref.grad) scale = std::isfinite(g) ? std::max(scale, std::fabs(g)) : scale;
+      for (int64_t k = 0; k < c.classes; ++k) {
+        const double got = static_cast<float>(grad.data[n * c.classes + k]);
+        TSKD_CHECK_CLOSE(got, ref.grad[k], 2e-6 * scale + rounding * std::fabs(ref.grad[k]),
+                         "%s row %lld grad[%lld]", what.c_str(), (long long)n, (long long)k);
+        if (failures() - before > 3) break;  // one bad row is enough to show
+      }
+    }
+    bad_rows += failures() > before;
+  }
+  std::printf("  kd_loss %-60s %s\n", what.c_str(), bad_rows ? "FAILED" : "ok");
+}
+
+template <typename scalar_t>
+void check_dtd_case(int64_t rows, int64_t classes, int64_t row_pad, int64_t mode, int64_t ka,
+                    double gamma, std::mt19937& rng) {
+  std::normal_distribution<double> normal(0.0, 3.0);
+  std::vector<Row> z(rows, Row(classes)), v(rows, Row(classes));
+  std::vector<int64_t> labels(rows);
+  for (int64_t n = 0; n < rows; ++n) {
+    for (int64_t k = 0; k < classes; ++k) {
+      z[n][k] = normal(rng);
+      v[n][k] = normal(rng);
+    }
+    labels[n] = n % 4 == 3 ? -100 : static_cast<int64_t>(rng() % classes);
+    if (n % 3 == 1) labels[n] = first_argmax(v[n]);
+  }
+  const Operand<scalar_t> student(z, classes + row_pad, 0), teacher(v, classes + row_pad, 0);
+  std::vector<float> weight(rows, -1.0f);
+  DtdParams<scalar_t> p{};
+  p.student = student.data;
+  p.teacher = teacher.data;
+  p.student_stride = student.stride;
+  p.teacher_stride = teacher.stride;
+  p.target = labels.data();
+  p.weight = weight.data();
+  p.rows = rows;
+  p.classes = classes;
+  p.mode = mode;
+  p.gamma = static_cast<float>(gamma);
+  p.ka = ka;
+  p.ignore_index = -100;
+  p.aligned = cuda::rows_take_packs<scalar_t>(p.student, p.student_stride, p.classes) &&
+              cuda::rows_take_packs<scalar_t>(p.teacher, p.teacher_stride, p.classes);
+  run_emulated(p,
+               [](const auto& params, auto&& launch) { cuda::launch_dtd_weight(params, launch); });
+  int bad = 0;
+  for (int64_t n = 0; n < rows; ++n) {
+    const double ref = dtd_weight_reference(student.values[n], teacher.values[n], labels[n], mode,
+                                            gamma, ka, -100);
+    const int before = failures();
+    TSKD_CHECK_CLOSE(weight[n], ref, 2e-5 * std::max(1.0, std::fabs(ref)),
+                     "dtd %s C=%lld mode=%lld ka=%lld row %lld", dtype_name<scalar_t>(),
+                     (long long)classes, (long long)mode, (long long)ka, (long long)n);
+    bad += failures() > before;
+  }
+  std::printf("  dtd_weight %s B=%lld C=%lld %s mode=%lld ka=%lld: %s\n", dtype_name<scalar_t>(),
+              (long long)rows, (long long)classes, p.aligned ? "packed" : "unpacked",
+              (long long)mode, (long long)ka, bad ? "FAILED" : "ok");
+}
+
+// Enough rows to fill one block of the configuration the row length takes, plus a tail block.
+int64_t rows_for(int64_t classes, int pack) {
+  if (classes > cuda::kMaxItemsPerLane * 32) return 3;  // a block per row
+  int64_t lanes = 4;
+  while (lanes < 32 && lanes * pack < classes) lanes *= 2;
+  return cuda::kShortRowBlock / lanes + 3;
+}
+
+template <typename scalar_t>
+void kd_shapes_and_options(const std::vector<int64_t>& class_counts, std::mt19937& rng) {
+  constexpr int kPack = cuda::kPack<scalar_t>;
+  int variant = 0;
+  for (int64_t classes : class_counts) {
+    for (int64_t row_pad : {int64_t(0), int64_t(1)}) {
+      KdCase c;
+      c.classes = classes;
+      c.rows = rows_for(classes, kPack);
+      c.row_pad = row_pad;
+      c.options.ka = variant % 3;
+      c.options.ce_weight = variant % 2 ? 0.5 : 0.0;
+      c.options.scale_tau2 = variant % 4 != 3;
+      c.options.lsr_p = 0.85;
+      c.has_target = variant % 7 != 6 || c.options.ka != 0 || c.options.ce_weight != 0;
+      c.compute_grad = variant % 5 != 4;
+      check_kd_case<scalar_t>(c, rng);
+      ++variant;
+    }
+  }
+}
+
+void kd_special_values(std::mt19937& rng) {
+  for (int64_t classes : {40, 2000}) {
+    for (int64_t ka : {0, 1, 2}) {
+      KdCase c;
+      c.rows = 8;
+      c.classes = classes;
+      c.options.ka = ka;
+      c.options.ce_weight = 0.3;
+      c.edit = [](std::vector<Row>& z, std::vector<Row>& v, std::vector<int64_t>& labels) {
+        const int64_t last = static_cast<int64_t>(z[0].size()) - 1;
+        z[0][3] = kNaN;                    // NaN student: NaN row
+        v[1][last] = kInf;                 // +inf teacher: NaN row
+        for (double& x : z[2]) x = -kInf;  // all -inf student: NaN row
+        v[3][7] = -kInf;                   // masked teacher classes
+        v[3][last] = -kInf;
+        z[3][7] = -kInf;  // masked for both: still 0
+        if (labels[3] == 7 || labels[3] == last) labels[3] = 0;
+        z[4][5] = -kInf;  // student -inf with teacher mass: +inf loss
+        if (labels[4] == 5) labels[4] = 1;
+        v[5][0] = v[5][1] = v[5][2] = 10.0;  // tied teacher maxima: the first is the argmax
+        labels[5] = 2;
+        for (double& x : z[6]) x *= 100.0;  // large logits
+        v[7][0] = kNaN;                     // NaN teacher: NaN row
+      };
+      check_kd_case<float>(c, rng);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tskd_fast::testing
+
+int main() {
+  using namespace tskd_fast::testing;
+  std::mt19937 rng(42);
+  std::printf("kd_loss, float32:\n");
+  kd_shapes_and_options<float>(
+      {1, 3, 4, 5, 16, 17, 33, 64, 100, 128, 130, 256, 257, 513, 1000, 1024, 1025, 5000, 9000},
+      rng);
+  std::printf("kd_loss, float16 and bfloat16:\n");
+  kd_shapes_and_options<c10::Half>({3, 8, 33, 100, 256, 1000, 1024, 1030, 9000}, rng);
+  kd_shapes_and_options<c10::BFloat16>({5, 64, 513, 1024, 2048}, rng);
+  std::printf("kd_loss, special values:\n");
+  kd_special_values(rng);
+  std::printf("dtd_weight:\n");
+  for (int64_t classes : {1, 5, 16, 33, 100, 1000, 4096, 4097}) {
+    for (int64_t mode : {0, 1}) {
+      for (int64_t ka : {0, 1, 2}) {
+        if (mode == 1 && ka != 0) continue;
+        check_dtd_case<float>(classes <= 64 ? 37 : 5, classes, classes % 2, mode, ka, 2.0, rng);
+      }
+    }
+  }
+  check_dtd_case<c10::Half>(9, 1000, 0, 0, 1, 1.5, rng);
+  check_dtd_case<c10::BFloat16>(9, 5000, 0, 1, 0, 2.0, rng);
+  std::printf("test_cuda_kernels_emulated: %d failure(s)\n", failures());
+  return failures() == 0 ? 0 : 1;
+}
