@@ -114,7 +114,9 @@ def get_extension():
 
     if use_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        nvcc = opt + system + ["-lineinfo", "--expt-relaxed-constexpr", "-DTSKD_FAST_WITH_CUDA=1"]
+        # nvcc takes -isystem and its directory as two arguments (it rejects "-isystem/dir").
+        nvcc_system = [arg for flag in system for arg in ("-isystem", flag[len("-isystem") :])]
+        nvcc = opt + nvcc_system + ["-lineinfo", "--expt-relaxed-constexpr", "-DTSKD_FAST_WITH_CUDA=1"]
         if WERROR:
             nvcc += ["-Werror", "all-warnings", "-Xcompiler", "-Wall,-Werror"]
         include_dirs += _nvidia_include_dirs()
