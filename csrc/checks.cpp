@@ -24,13 +24,13 @@ void check_logit_pair(const at::Tensor& student, const at::Tensor& teacher, cons
   TORCH_CHECK(student.size(0) > 0, op, ": empty batch (student_logits has 0 rows)");
   TORCH_CHECK(student.size(1) > 0, op, ": student_logits has 0 classes");
   const auto dtype = student.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 ||
-                  dtype == at::kDouble,
-              op, ": student_logits must be float32, float16, bfloat16 or float64, got ", dtype);
+  TORCH_CHECK(
+      dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble,
+      op, ": student_logits must be float32, float16, bfloat16 or float64, got ", dtype);
   TORCH_CHECK(teacher.scalar_type() == dtype, op, ": teacher_logits must have the dtype of ",
               "student_logits (", dtype, "), got ", teacher.scalar_type());
-  TORCH_CHECK(teacher.device() == student.device(), op, ": teacher_logits is on ",
-              teacher.device(), " but student_logits is on ", student.device());
+  TORCH_CHECK(teacher.device() == student.device(), op, ": teacher_logits is on ", teacher.device(),
+              " but student_logits is on ", student.device());
   TORCH_CHECK(dtype != at::kDouble || student.device().is_cpu(), op,
               ": float64 logits are supported on the CPU only");
 }
@@ -48,7 +48,7 @@ void check_target(const std::optional<at::Tensor>& target, const at::Tensor& stu
 
 void check_kd_loss_inputs(const at::Tensor& student, const at::Tensor& teacher,
                           const std::optional<at::Tensor>& target, const at::Tensor& temperature,
-                          int64_t ka, double lsr_p, double ce_weight) {
+                          int64_t ka, double lsr_p, double ce_weight, double grad_scale) {
   const char* op = "tskd_fast::kd_loss";
   check_logit_pair(student, teacher, op);
   check_target(target, student, op);
@@ -57,14 +57,15 @@ void check_kd_loss_inputs(const at::Tensor& student, const at::Tensor& teacher,
               ": knowledge adjustment (ka) needs target labels, but target is None");
   TORCH_CHECK(target.has_value() || ce_weight == 0.0, op,
               ": ce_weight != 0 needs target labels, but target is None");
-  TORCH_CHECK(lsr_p >= 0.0 && lsr_p <= 1.0, op, ": lsr_p must be in [0, 1], got ", lsr_p);
+  TORCH_CHECK(lsr_p > 0.0 && lsr_p <= 1.0, op, ": lsr_p must be in (0, 1], got ", lsr_p);
   TORCH_CHECK(std::isfinite(ce_weight), op, ": ce_weight must be finite, got ", ce_weight);
+  TORCH_CHECK(std::isfinite(grad_scale), op, ": grad_scale must be finite, got ", grad_scale);
   TORCH_CHECK(temperature.dim() == 1 && temperature.size(0) == student.size(0), op,
               ": temperature must have shape (batch,) = (", student.size(0), "), got ",
               temperature.sizes());
   const auto tdtype = opmath_type(student.scalar_type());
-  TORCH_CHECK(temperature.scalar_type() == tdtype, op, ": temperature must be ", tdtype,
-              " for ", student.scalar_type(), " logits, got ", temperature.scalar_type());
+  TORCH_CHECK(temperature.scalar_type() == tdtype, op, ": temperature must be ", tdtype, " for ",
+              student.scalar_type(), " logits, got ", temperature.scalar_type());
   TORCH_CHECK(temperature.device() == student.device(), op, ": temperature is on ",
               temperature.device(), " but student_logits is on ", student.device());
 }

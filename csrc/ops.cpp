@@ -6,8 +6,8 @@
 extern "C" {
 // Importing tskd_fast._C loads this library, whose static initialisers register the ops.
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr,
-                                          nullptr,               nullptr, nullptr, nullptr};
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr, nullptr, nullptr, nullptr, nullptr};
   PyObject* module = PyModule_Create(&module_def);
   if (module != nullptr) {
     PyModule_AddIntConstant(module, "WITH_CUDA", TSKD_FAST_WITH_CUDA);
@@ -17,13 +17,13 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(tskd_fast, m) {
-  // Fused KD loss: per-row loss (float32, float64 for float64 logits) and, when compute_grad, the
-  // gradient of each row's loss with respect to its student logits (dtype of the logits).
-  // ka: 0 none, 1 probability shift, 2 label smoothing. temperature: (B,) and > 0.
+  // Fused KD loss: per-row loss (float32, float64 for float64 logits) and, when compute_grad,
+  // grad_scale times the gradient of each row's loss with respect to its student logits (dtype
+  // of the logits). ka: 0 none, 1 probability shift, 2 label smoothing. temperature: (B,), > 0.
   m.def(
       "kd_loss(Tensor student, Tensor teacher, Tensor? target, Tensor temperature, int ka, "
-      "float lsr_p, bool scale_tau2, float ce_weight, int ignore_index, bool compute_grad) "
-      "-> (Tensor row_loss, Tensor row_grad)");
+      "float lsr_p, bool scale_tau2, float ce_weight, int ignore_index, bool compute_grad, "
+      "float grad_scale=1.) -> (Tensor row_loss, Tensor row_grad)");
   // Per-row DTD weight w_n (float32, float64 for float64 logits); mode 0 flsw, 1 cwsm.
   m.def(
       "dtd_weight(Tensor student, Tensor teacher, Tensor? target, int mode, float gamma, int ka, "

@@ -236,3 +236,67 @@ def test_backward_twice_with_retained_graph(backend):
     first = z.grad.clone()
     loss.backward()
     torch.testing.assert_close(z.grad, 2 * first)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_of_scaled_and_summed_losses(backend):
+    # loss.backward() on a batchmean loss hands the kernel's gradient on untouched; any other
+    # incoming gradient (a weight, a second loss on the same logits) must still be applied.
+    device = device_of(backend)
+    student, teacher, target = make_inputs(7, 23, torch.float32, device)
+    other = torch.randn_like(teacher)
+
+    def grads(b):
+        z = student.clone().requires_grad_(True)
+        first = F.kd_loss(z, teacher, target, ka="ps", ce_weight=0.5, backend=b)
+        second = F.kd_loss(z, other, temperature=2.0, reduction="sum", backend=b)
+        (3.0 * first + second).backward()
+        only = student.clone().requires_grad_(True)
+        F.kd_loss(only, teacher, target, ka="ps", ce_weight=0.5, backend=b).backward()
+        return z.grad, only.grad
+
+    combined, single = grads(backend)
+    combined_ref, single_ref = grads("reference")
+    torch.testing.assert_close(combined, combined_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(single, single_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_student_minus_inf_where_the_adjusted_target_has_mass(backend):
+    """KA moves target mass onto the label and the teacher's argmax: a student -inf there is an
+    infinite loss (and a finite gradient), as in the reference."""
+    device = device_of(backend)
+    student, teacher, _ = make_inputs(4, 12, torch.float32, device)
+    teacher = teacher.clone()
+    teacher[:, 3] = 20.0  # the teacher's argmax on every row
+    target = torch.tensor([5, 6, 7, 3], device=device)  # rows 0-2 are wrong, row 3 right
+    student = student.clone()
+    student[0, 3] = float("-inf")  # at the argmax, which the swap gives exp(a_label) > 0
+    student[1, 6] = float("-inf")  # at the label
+    for ka, lsr_p in (("ps", 0.9), ("lsr", 0.9), ("lsr", 1.0)):
+        loss, grad = run(
+            backend, student, teacher, target, temperature=2.0, ka=ka, lsr_p=lsr_p, reduction="none"
+        )
+        ref, ref_grad = run(
+            "reference", student, teacher, target, temperature=2.0, ka=ka, lsr_p=lsr_p, reduction="none"
+        )
+        assert torch.equal(torch.isinf(loss), torch.isinf(ref)), (ka, loss, ref)
+        finite = torch.isfinite(ref)
+        torch.testing.assert_close(loss[finite], ref[finite], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_teacher_exponential_underflow_counts_as_no_mass(backend):
+    """A teacher class whose exponential underflows to 0 carries no target mass, also where the
+    student is -inf (0 log 0 = 0), as in the reference."""
+    device = device_of(backend)
+    student, teacher, _ = make_inputs(3, 9, torch.float32, device)
+    teacher, student = teacher.clone(), student.clone()
+    teacher[1, 4] = -1e4  # exp((v - max v) / tau) underflows to exactly 0
+    student[1, 4] = float("-inf")
+    loss, grad = run(backend, student, teacher, None, temperature=1.0, reduction="none")
+    ref, ref_grad = run("reference", student, teacher, None, temperature=1.0, reduction="none")
+    assert torch.isfinite(loss).all()
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)

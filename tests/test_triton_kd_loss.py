@@ -77,7 +77,7 @@ def check_launch(student, teacher, target, tau, ka, config, lsr_p=0.9, scale_tau
     """The kernel under `config` against the reference (same precision and float64 truth)."""
     dtype = student.dtype
     loss, grad = triton_kd.launch_kd_loss(
-        student, teacher, target, tau, ka, lsr_p, scale_tau2, ce_weight, -100, True, config
+        student, teacher, target, tau, ka, lsr_p, scale_tau2, ce_weight, -100, True, config=config
     )
     assert loss.dtype == opmath(dtype) and grad.dtype == dtype and grad.shape == student.shape
     args = (student, teacher, target, tau, ka, lsr_p, scale_tau2, ce_weight, -100)
@@ -165,7 +165,7 @@ def test_chunked_path_with_masked_chunks_ties_and_bad_rows():
     tau = torch.full((rows,), 2.0, device=DEVICE)
     for ka in (0, 1, 2):
         loss, grad = triton_kd.launch_kd_loss(
-            student, teacher, target, tau, ka, 0.9, True, 0.5, -100, True, cfg
+            student, teacher, target, tau, ka, 0.9, True, 0.5, -100, True, config=cfg
         )
         single, single_grad = triton_kd.launch_kd_loss(
             student, teacher, target, tau, ka, 0.9, True, 0.5, -100, True
@@ -186,7 +186,7 @@ def test_student_minus_inf_under_teacher_mass_in_a_later_chunk_is_infinite():
     student, teacher = logits(2, 24), logits(2, 24)
     student[0, 19] = float("-inf")
     tau = torch.full((2,), 1.5, device=DEVICE)
-    loss, _ = triton_kd.launch_kd_loss(student, teacher, None, tau, 0, 0.9, True, 0.0, -100, True, cfg)
+    loss, _ = triton_kd.launch_kd_loss(student, teacher, None, tau, 0, 0.9, True, 0.0, -100, True, config=cfg)
     assert loss[0].item() == float("inf") and torch.isfinite(loss[1])
 
 
@@ -354,7 +354,7 @@ def test_kd_loss_input_errors():
         call(y=None, ce=0.0)
     with pytest.raises(RuntimeError, match="ce_weight != 0 needs target labels"):
         call(y=None, ka=0)
-    with pytest.raises(RuntimeError, match=r"lsr_p must be in \[0, 1\], got 1.5"):
+    with pytest.raises(RuntimeError, match=r"lsr_p must be in \(0, 1\], got 1.5"):
         call(lsr_p=1.5)
     with pytest.raises(RuntimeError, match="ce_weight must be finite"):
         call(ce=float("inf"))
@@ -454,7 +454,7 @@ _AOT_SCRIPT = textwrap.dedent(
         s.update({k: "i32" for k in ("n_rows", "n_cols", "z_row_stride", "v_row_stride",
                                      "grad_row_stride", "ignore_index")})
         s.update({k: "fp32" for k in ("lsr_on_arg", "lsr_off_arg", "lsr_neg_entropy_arg",
-                                      "ce_weight_arg")})
+                                      "ce_weight_arg", "grad_scale_arg")})
         return s
 
     for classes, dtype in ((100, "fp32"), (1000, "bf16"), (4096, "fp16"), (32000, "fp32")):

@@ -145,8 +145,8 @@ def kd_loss(
     _choice("scale", scale, SCALES)
     _choice("reduction", reduction, REDUCTIONS)
     _check_logits(student_logits, teacher_logits)
-    if not 0.0 <= lsr_p <= 1.0:
-        raise ValueError(f"lsr_p must be in [0, 1], got {lsr_p}")
+    if not 0.0 < lsr_p <= 1.0:
+        raise ValueError(f"lsr_p must be in (0, 1] (the label's probability), got {lsr_p}")
     needed_for = "ka=" + repr(ka) if ka != "none" else ("ce_weight != 0" if ce_weight != 0.0 else None)
     target = _check_target(target, student_logits, needed_for)
     if target is not None:
@@ -160,6 +160,9 @@ def kd_loss(
             student_logits, teacher, target, tau, ka, lsr_p, scale, ce_weight, ignore_index, reduction
         )
     compute_grad = student_logits.requires_grad and torch.is_grad_enabled()
+    rows = student_logits.shape[0]
+    # The batchmean factor goes into the gradient the kernel writes (see tskd_fast.ops.kd_loss).
+    grad_scale = 1.0 / rows if reduction == "batchmean" else 1.0
     row_loss, _ = kd_loss_op(chosen)(
         student_logits,
         teacher,
@@ -171,9 +174,10 @@ def kd_loss(
         float(ce_weight),
         int(ignore_index),
         compute_grad,
+        grad_scale,
     )
     if reduction == "batchmean":
-        loss = row_loss.sum() / student_logits.shape[0]
+        loss = row_loss.sum() / rows
     elif reduction == "sum":
         loss = row_loss.sum()
     else:

@@ -9,8 +9,8 @@ namespace tskd_fast::cpu {
 namespace {
 
 at::Tensor dtd_weight_cpu(const at::Tensor& student_in, const at::Tensor& teacher_in,
-                          const std::optional<at::Tensor>& target_in, int64_t mode, double gamma, int64_t ka,
-                          int64_t ignore_index) {
+                          const std::optional<at::Tensor>& target_in, int64_t mode, double gamma,
+                          int64_t ka, int64_t ignore_index) {
   check_dtd_weight_inputs(student_in, teacher_in, target_in, mode, gamma, ka);
   const at::Tensor student = with_unit_class_stride(student_in);
   const at::Tensor teacher = with_unit_class_stride(teacher_in);
@@ -20,12 +20,14 @@ at::Tensor dtd_weight_cpu(const at::Tensor& student_in, const at::Tensor& teache
   if (target.has_value() && ka != 0) {
     const int64_t* y = target->data_ptr<int64_t>();
     for (int64_t n = 0; n < rows; ++n) {
-      TORCH_CHECK(y[n] == ignore_index || (y[n] >= 0 && y[n] < classes), "tskd_fast::dtd_weight: target[", n,
-                  "] = ", y[n], " is out of range: labels must be in [0, ", classes, ") or equal ignore_index (",
+      TORCH_CHECK(y[n] == ignore_index || (y[n] >= 0 && y[n] < classes),
+                  "tskd_fast::dtd_weight: target[", n, "] = ", y[n],
+                  " is out of range: labels must be in [0, ", classes, ") or equal ignore_index (",
                   ignore_index, ")");
     }
   }
-  at::Tensor weight = at::empty({rows}, student.options().dtype(opmath_type(student.scalar_type())));
+  at::Tensor weight =
+      at::empty({rows}, student.options().dtype(opmath_type(student.scalar_type())));
   DtdWeightArgs args{};
   args.student = student.data_ptr();
   args.teacher = teacher.data_ptr();

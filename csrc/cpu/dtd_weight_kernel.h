@@ -72,18 +72,22 @@ typename Lanes<scalar_t>::opmath cwsm_row(const DtdWeightArgs& a, const scalar_t
 }
 
 void dtd_weight_kernel(const DtdWeightArgs& args) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.dtype, "tskd_fast::dtd_weight", [&] {
-    using T = typename Lanes<scalar_t>::opmath;
-    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(args.classes, 1));
-    at::parallel_for(0, args.rows, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const scalar_t* z = static_cast<const scalar_t*>(args.student) + row * args.student_row_stride;
-        const scalar_t* v = static_cast<const scalar_t*>(args.teacher) + row * args.teacher_row_stride;
-        const int64_t label = args.target ? args.target[row] : args.ignore_index;
-        static_cast<T*>(args.weight)[row] = args.mode == 0 ? flsw_row(args, z, v, label) : cwsm_row(args, z);
-      }
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, args.dtype, "tskd_fast::dtd_weight", [&] {
+        using T = typename Lanes<scalar_t>::opmath;
+        const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(args.classes, 1));
+        at::parallel_for(0, args.rows, grain, [&](int64_t begin, int64_t end) {
+          for (int64_t row = begin; row < end; ++row) {
+            const scalar_t* z =
+                static_cast<const scalar_t*>(args.student) + row * args.student_row_stride;
+            const scalar_t* v =
+                static_cast<const scalar_t*>(args.teacher) + row * args.teacher_row_stride;
+            const int64_t label = args.target ? args.target[row] : args.ignore_index;
+            static_cast<T*>(args.weight)[row] =
+                args.mode == 0 ? flsw_row(args, z, v, label) : cwsm_row(args, z);
+          }
+        });
+      });
 }
 
 }  // namespace tskd_fast::cpu::CPU_CAPABILITY

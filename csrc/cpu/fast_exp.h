@@ -49,9 +49,10 @@ inline Vectorized<float> exp2_nonpositive(const Vectorized<float>& x) {
 template <>
 inline Vectorized<float> exp2_nonpositive(const Vectorized<float>& x) {
   using namespace exp2_poly;
-  // 2^n is built in the exponent bits, so n stays >= -126; values below 2^-126 come out as
-  // about 1e-38 instead of 0, and -inf as well: callers never rely on an exact 0.
-  const __m256 t = _mm256_max_ps(_mm256_set1_ps(-126.0f), x);
+  // 2^n is built in the exponent bits, so n stays >= -126 and arguments below are set to an
+  // exact 0 at the end (like -inf: callers rely on exp2(-inf) == 0).
+  const __m256 lowest = _mm256_set1_ps(-126.0f);
+  const __m256 t = _mm256_max_ps(lowest, x);
   const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 f = _mm256_sub_ps(t, n);
   __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(c6), f, _mm256_set1_ps(c5));
@@ -60,8 +61,10 @@ inline Vectorized<float> exp2_nonpositive(const Vectorized<float>& x) {
   p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c2));
   p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c1));
   p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c0));
-  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+  const __m256i bits =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256 r = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+  return _mm256_blendv_ps(r, _mm256_setzero_ps(), _mm256_cmp_ps(x, lowest, _CMP_LT_OQ));
 }
 #endif
 

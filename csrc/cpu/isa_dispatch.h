@@ -9,9 +9,9 @@
 // The kernels of each vector ISA (csrc/cpu/isa/kernels_<isa>.cpp) and the choice between them.
 namespace tskd_fast::cpu {
 
-#define TSKD_FAST_DECLARE_ISA_KERNELS(ISA)         \
-  namespace ISA {                                  \
-  void kd_loss_kernel(const KdLossArgs& args);     \
+#define TSKD_FAST_DECLARE_ISA_KERNELS(ISA)           \
+  namespace ISA {                                    \
+  void kd_loss_kernel(const KdLossArgs& args);       \
   void dtd_weight_kernel(const DtdWeightArgs& args); \
   }
 
@@ -38,16 +38,16 @@ inline Isa runtime_isa() {
 }
 
 #if TSKD_FAST_X86_ISA
-#define TSKD_FAST_CALL_ISA(kernel, args)                  \
-  switch (::tskd_fast::cpu::runtime_isa()) {              \
-    case ::tskd_fast::cpu::Isa::kAvx512:                  \
-      ::tskd_fast::cpu::AVX512::kernel(args);             \
-      break;                                              \
-    case ::tskd_fast::cpu::Isa::kAvx2:                    \
-      ::tskd_fast::cpu::AVX2::kernel(args);               \
-      break;                                              \
-    default:                                              \
-      ::tskd_fast::cpu::DEFAULT::kernel(args);            \
+#define TSKD_FAST_CALL_ISA(kernel, args)       \
+  switch (::tskd_fast::cpu::runtime_isa()) {   \
+    case ::tskd_fast::cpu::Isa::kAvx512:       \
+      ::tskd_fast::cpu::AVX512::kernel(args);  \
+      break;                                   \
+    case ::tskd_fast::cpu::Isa::kAvx2:         \
+      ::tskd_fast::cpu::AVX2::kernel(args);    \
+      break;                                   \
+    default:                                   \
+      ::tskd_fast::cpu::DEFAULT::kernel(args); \
   }
 #else
 #define TSKD_FAST_CALL_ISA(kernel, args) ::tskd_fast::cpu::DEFAULT::kernel(args)

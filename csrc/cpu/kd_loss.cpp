@@ -6,6 +6,7 @@
 #include <cmath>
 #include <tuple>
 
+#include "cpu/huge_pages.h"
 #include "cpu/isa_dispatch.h"
 #include "tskd_fast/checks.h"
 
@@ -16,8 +17,9 @@ void check_labels(const at::Tensor& target, int64_t classes, int64_t ignore_inde
   const int64_t* y = target.data_ptr<int64_t>();
   for (int64_t n = 0; n < target.numel(); ++n) {
     TORCH_CHECK(y[n] == ignore_index || (y[n] >= 0 && y[n] < classes),
-                "tskd_fast::kd_loss: target[", n, "] = ", y[n], " is out of range: labels must be in [0, ",
-                classes, ") or equal ignore_index (", ignore_index, ")");
+                "tskd_fast::kd_loss: target[", n, "] = ", y[n],
+                " is out of range: labels must be in [0, ", classes, ") or equal ignore_index (",
+                ignore_index, ")");
   }
 }
 
@@ -25,17 +27,20 @@ template <typename T>
 void check_temperature(const at::Tensor& temperature) {
   const T* t = temperature.data_ptr<T>();
   for (int64_t n = 0; n < temperature.numel(); ++n) {
-    TORCH_CHECK(t[n] > T(0) && std::isfinite(t[n]), "tskd_fast::kd_loss: temperature[", n, "] = ", t[n],
-                " must be finite and > 0");
+    TORCH_CHECK(t[n] > T(0) && std::isfinite(t[n]), "tskd_fast::kd_loss: temperature[", n,
+                "] = ", t[n], " must be finite and > 0");
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> kd_loss_cpu(const at::Tensor& student_in, const at::Tensor& teacher_in,
+std::tuple<at::Tensor, at::Tensor> kd_loss_cpu(const at::Tensor& student_in,
+                                               const at::Tensor& teacher_in,
                                                const std::optional<at::Tensor>& target_in,
-                                               const at::Tensor& temperature_in, int64_t ka, double lsr_p,
-                                               bool scale_tau2, double ce_weight, int64_t ignore_index,
-                                               bool compute_grad) {
-  check_kd_loss_inputs(student_in, teacher_in, target_in, temperature_in, ka, lsr_p, ce_weight);
+                                               const at::Tensor& temperature_in, int64_t ka,
+                                               double lsr_p, bool scale_tau2, double ce_weight,
+                                               int64_t ignore_index, bool compute_grad,
+                                               double grad_scale) {
+  check_kd_loss_inputs(student_in, teacher_in, target_in, temperature_in, ka, lsr_p, ce_weight,
+                       grad_scale);
   const at::Tensor student = with_unit_class_stride(student_in);
   const at::Tensor teacher = with_unit_class_stride(teacher_in);
   const at::Tensor temperature = temperature_in.contiguous();
@@ -52,6 +57,7 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cpu(const at::Tensor& student_in, con
   at::Tensor row_loss = at::empty({rows}, temperature.options());
   at::Tensor row_grad = compute_grad ? at::empty({rows, classes}, student.options())
                                      : at::empty({0}, student.options());
+  advise_huge_pages(row_grad);
   KdLossArgs args{};
   args.student = student.data_ptr();
   args.teacher = teacher.data_ptr();
@@ -68,6 +74,7 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cpu(const at::Tensor& student_in, con
   args.scale_tau2 = scale_tau2;
   args.ce_weight = ce_weight;
   args.ignore_index = ignore_index;
+  args.grad_scale = grad_scale;
   args.dtype = student.scalar_type();
   TSKD_FAST_CALL_ISA(kd_loss_kernel, args);
   return {row_loss, row_grad};

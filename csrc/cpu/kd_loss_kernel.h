@@ -77,8 +77,8 @@ class KdLossRows {
 
     KdRowSums<T> sums = gather<false>(z, v, next_z, next_v, r, teacher_max, ce_own_exp);
     // With finite maxima the cross sum is non-finite only through exp(a) (v - z) at a student
-    // -inf (+inf, a true infinite loss) or a teacher -inf (a masked class, which the masked pass
-    // leaves out): such rows take the masked pass.
+    // -inf (+inf, a true infinite loss, unless exp(a) is 0 there) or a teacher -inf (a masked
+    // class): such rows take the masked pass, which leaves out the terms where exp(a) == 0.
     if (!std::isfinite(sums.cross) && r.target != kTargetSmoothed) {
       sums = gather<true>(z, v, nullptr, nullptr, r, teacher_max, ce_own_exp);
     }
@@ -89,7 +89,7 @@ class KdLossRows {
     T* exp_a = exp_b + classes_ + W;
     T* exp_z = ce_own_exp ? exp_a + classes_ + W : exp_b;
     if (r.target == kTargetSwapped) std::swap(exp_a[argmax], exp_a[label]);
-    const KdGradCoefs<T> coefs = kd_grad_coefs(sums, r, ce_weight_);
+    const KdGradCoefs<T> coefs = kd_grad_coefs(sums, r, ce_weight_, T(a_.grad_scale));
     write_grad(grad, coefs, exp_b, exp_a, exp_z, r.target);
     if (label_used) {  // the label's element carries -ce_weight and the smoothed `on` value
       const T teacher_exp = r.target == kTargetSmoothed ? T(0) : exp_a[label];
@@ -106,8 +106,8 @@ class KdLossRows {
 
   // Pass 2. In base 2: b2 = (z - max z) log2(e) / tau, a2 likewise for v, so exp(b) = 2^b2; and
   //   cross = sum exp(a) (a - b) = (1/tau) sum exp(a) (v - z) + (max z - max v) / tau * sum exp(a),
-  // one multiply and one add per element. kMasked leaves out the classes where the teacher is
-  // -inf.
+  // one multiply and one add per element. kMasked leaves out the classes where exp(a) == 0
+  // (kl_cross_term): a teacher -inf, or an exponential that underflowed.
   template <bool kMasked>
   KdRowSums<T> gather(const scalar_t* z, const scalar_t* v, const scalar_t* next_z,
                       const scalar_t* next_v, const KdRowInfo<T>& r, T teacher_max,
@@ -149,7 +149,7 @@ class KdLossRows {
           const Vec ea = exp2_nonpositive(a2);
           s_exp_a += ea;
           const Vec term = ea * (vp[i] - zp[i]);
-          s_cross += kMasked ? Vec::blendv(term, zero, vp[i] == neg_inf) : term;
+          s_cross += kMasked ? Vec::blendv(term, zero, ea == zero) : term;
           if (keep) ea.store(exp_a + at);
         }
         if (ce_own_exp) {

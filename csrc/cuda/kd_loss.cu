@@ -22,7 +22,8 @@ template <typename scalar_t>
 void run_kd_loss(const at::Tensor& student, const at::Tensor& teacher,
                  const std::optional<at::Tensor>& target, const at::Tensor& temperature,
                  at::Tensor& row_loss, at::Tensor& row_grad, bool compute_grad, int64_t ka,
-                 double lsr_p, bool scale_tau2, double ce_weight, int64_t ignore_index) {
+                 double lsr_p, bool scale_tau2, double ce_weight, int64_t ignore_index,
+                 double grad_scale) {
   KdParams<scalar_t> p{};
   p.student = student.const_data_ptr<scalar_t>();
   p.teacher = teacher.const_data_ptr<scalar_t>();
@@ -38,6 +39,7 @@ void run_kd_loss(const at::Tensor& student, const at::Tensor& teacher,
   p.ignore_index = ignore_index;
   p.smoothed = smoothed_target<float>(static_cast<float>(lsr_p), p.classes);
   p.ce_weight = static_cast<float>(ce_weight);
+  p.grad_scale = static_cast<float>(grad_scale);
   p.scale_tau2 = scale_tau2;
   p.aligned =
       rows_take_packs<scalar_t>(p.student, p.student_stride, p.classes) &&
@@ -56,8 +58,10 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cuda(const at::Tensor& student_in,
                                                 const std::optional<at::Tensor>& target_in,
                                                 const at::Tensor& temperature_in, int64_t ka,
                                                 double lsr_p, bool scale_tau2, double ce_weight,
-                                                int64_t ignore_index, bool compute_grad) {
-  check_kd_loss_inputs(student_in, teacher_in, target_in, temperature_in, ka, lsr_p, ce_weight);
+                                                int64_t ignore_index, bool compute_grad,
+                                                double grad_scale) {
+  check_kd_loss_inputs(student_in, teacher_in, target_in, temperature_in, ka, lsr_p, ce_weight,
+                       grad_scale);
   const c10::cuda::CUDAGuard device_guard(student_in.device());
   const at::Tensor student = with_unit_class_stride(student_in);
   const at::Tensor teacher = with_unit_class_stride(teacher_in);
@@ -74,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cuda(const at::Tensor& student_in,
   dispatch_logits_dtype(student.scalar_type(), "tskd_fast::kd_loss", [&](auto tag) {
     using scalar_t = decltype(tag);
     run_kd_loss<scalar_t>(student, teacher, target, temperature, row_loss, row_grad, compute_grad,
-                          ka, lsr_p, scale_tau2, ce_weight, ignore_index);
+                          ka, lsr_p, scale_tau2, ce_weight, ignore_index, grad_scale);
   });
   return {row_loss, row_grad};
 }

@@ -46,6 +46,7 @@ struct KdParams {
   int64_t ignore_index;
   SmoothedTarget<float> smoothed;
   float ce_weight;
+  float grad_scale;  // factor of the written gradient (1/B for batchmean)
   bool scale_tau2;
   bool aligned;      // 16-byte packs for both inputs and the gradient
   bool need_argmax;  // labels and knowledge adjustment: the teacher's argmax picks the target
@@ -258,7 +259,7 @@ __global__ void __launch_bounds__(kShortRowBlock) kd_loss_short_rows(const KdPar
 
   // Pass 3: the gradient, from the registers.
   scalar_t* grad = p.row_grad + row * p.classes;
-  const KdGradCoefs<float> coefs = kd_grad_coefs(sums, r.info, p.ce_weight);
+  const KdGradCoefs<float> coefs = kd_grad_coefs(sums, r.info, p.ce_weight, p.grad_scale);
   auto grad_at = [&](int k, int i) {
     return r.finite ? kd_grad_at(r, coefs, p.smoothed, k, zr[i], vr[i]) : NAN;
   };
@@ -330,7 +331,7 @@ __global__ void __launch_bounds__(kBlock) kd_loss_long_rows(const KdParams<scala
   if (lane == 0) p.row_loss[row] = kd_row_loss(sums, r.info, p.smoothed, p.ce_weight);
   if (grad == nullptr) return;
 
-  const KdGradCoefs<float> coefs = kd_grad_coefs(sums, r.info, p.ce_weight);
+  const KdGradCoefs<float> coefs = kd_grad_coefs(sums, r.info, p.ce_weight, p.grad_scale);
   map_columns<kBlock>(
       z, v, grad, classes, lane, p.aligned, true, !r.smoothed,
       [&](int64_t k, float zk, float vk) { return kd_grad_at(r, coefs, p.smoothed, k, zk, vk); });

@@ -63,7 +63,7 @@ HeaderRow<T> kd_row_via_headers(const Row& zd, const Row& vd, int64_t label, dou
   }
   const T ce_weight = static_cast<T>(o.ce_weight);
   HeaderRow<T> out{kd_row_loss(s, r, st, ce_weight), std::vector<T>(classes)};
-  const KdGradCoefs<T> c = kd_grad_coefs(s, r, ce_weight);
+  const KdGradCoefs<T> c = kd_grad_coefs(s, r, ce_weight, T(1));
   for (int64_t k = 0; k < classes; ++k) {
     T exp_a = std::exp((v[k] - vmax) * r.inv_tau);
     if (r.target == kTargetSwapped && k == argmax) exp_a = r.teacher_exp_at_label;

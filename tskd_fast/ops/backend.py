@@ -15,9 +15,12 @@ BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 ENV_VAR = "TSKD_FAST_BACKEND"
 
 
-@functools.cache
+# Looked up once at import: a cached function would be traced (and warned about) by Dynamo.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
 def triton_interpreting() -> bool:

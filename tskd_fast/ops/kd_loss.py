@@ -2,10 +2,14 @@
 
 Every backend's op has one signature:
     (student (B, C), teacher (B, C), target (B,) int64 | None, temperature (B,), ka: int,
-     lsr_p: float, scale_tau2: bool, ce_weight: float, ignore_index: int, compute_grad: bool)
-    -> (row_loss (B,) float32 (float64 for float64 logits), row_grad (B, C) logits dtype or (0,))
-The forward computes each row's gradient, so backward is one scaling by the incoming gradient:
-no softmax is kept alive and no second pass over the logits happens.
+     lsr_p: float, scale_tau2: bool, ce_weight: float, ignore_index: int, compute_grad: bool,
+     grad_scale: float = 1)
+    -> (row_loss (B,) float32 (float64 for float64 logits),
+        row_grad (B, C) logits dtype: grad_scale * d row_loss[n] / d student[n], or (0,))
+The forward computes each row's gradient, so backward is at most one scaling by the incoming
+gradient: no softmax is kept alive and no second pass over the logits happens. When the incoming
+gradient is exactly grad_scale on every row (loss.backward() of a batchmean or sum loss), the
+gradient written by the forward is returned as it is, without touching it again.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ def kd_loss_fake(
     ce_weight: float,
     ignore_index: int,
     compute_grad: bool,
+    grad_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     rows = student.shape[0]
     opmath = torch.float64 if student.dtype == torch.float64 else torch.float32
@@ -41,22 +46,52 @@ def kd_loss_setup_context(ctx, inputs, output) -> None:
     ctx.mark_non_differentiable(row_grad)
     # row_grad is never differentiated: do not let autograd build a (B, C) zero gradient for it.
     ctx.set_materialize_grads(False)
-    ctx.compute_grad = inputs[-1]
+    ctx.num_inputs = len(inputs)
+    ctx.compute_grad = inputs[9]
+    ctx.grad_scale = inputs[10] if len(inputs) > 10 else 1.0
     ctx.save_for_backward(row_grad)
 
 
-def kd_loss_backward(ctx, grad_row_loss: torch.Tensor, grad_row_grad: torch.Tensor | None):
+_TRACING_MODES = (
+    torch._C._TorchDispatchModeKey.PROXY,
+    torch._C._TorchDispatchModeKey.FAKE,
+    torch._C._TorchDispatchModeKey.FUNCTIONAL,
+)
+
+
+def _eager(t: torch.Tensor) -> bool:
+    """Whether t holds real values that may be read now (not traced, faked or compiled)."""
+    if torch.compiler.is_compiling() or type(t) is not torch.Tensor:
+        return False
+    return all(torch._C._get_dispatch_mode(key) is None for key in _TRACING_MODES)
+
+
+def _incoming_is_grad_scale(grad_row_loss: torch.Tensor, grad_scale: float) -> bool:
+    """Whether every row's incoming gradient equals grad_scale. Checked eagerly on the CPU only:
+    reading the values is free there, but a device sync on CUDA and data-dependent when traced."""
+    if grad_row_loss.device.type != "cpu" or not _eager(grad_row_loss):
+        return False
+    return bool((grad_row_loss == grad_scale).all())
+
+
+def kd_loss_backward(ctx, grad_row_loss: torch.Tensor | None, grad_row_grad: torch.Tensor | None):
+    rest = (None,) * (ctx.num_inputs - 1)
+    if grad_row_loss is None:  # the loss itself was not used (grads are not materialised)
+        return (None, *rest)
     if not ctx.compute_grad:
         raise RuntimeError(
             "tskd_fast::kd_loss was called with compute_grad=False, so it kept no gradient; "
             "call it with compute_grad=True to backpropagate"
         )
-    if grad_row_loss is None:  # the loss itself was not used (grads are not materialised)
-        return (None,) * 10
     (row_grad,) = ctx.saved_tensors
+    if _incoming_is_grad_scale(grad_row_loss, ctx.grad_scale):
+        # The saved gradient is already the answer. Handing it on is safe: autograd clones it
+        # before accumulating while the graph (and so this saved tensor) is retained.
+        return (row_grad, *rest)
+    per_row = (grad_row_loss / ctx.grad_scale).unsqueeze(1)
     # The product is formed in float32 and written in the logits' dtype in one pass.
-    grad_student = torch.mul(row_grad, grad_row_loss.unsqueeze(1), out=torch.empty_like(row_grad))
-    return grad_student, None, None, None, None, None, None, None, None, None
+    grad_student = torch.mul(row_grad, per_row, out=torch.empty_like(row_grad))
+    return (grad_student, *rest)
 
 
 def register_kd_loss_op(op) -> None:

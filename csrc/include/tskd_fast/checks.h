@@ -1,6 +1,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+
 #include <optional>
 
 // Input checks at the op boundary, shared by the CPU and CUDA implementations so that every
@@ -15,7 +16,7 @@ void check_target(const std::optional<at::Tensor>& target, const at::Tensor& stu
                   const char* op);
 void check_kd_loss_inputs(const at::Tensor& student, const at::Tensor& teacher,
                           const std::optional<at::Tensor>& target, const at::Tensor& temperature,
-                          int64_t ka, double lsr_p, double ce_weight);
+                          int64_t ka, double lsr_p, double ce_weight, double grad_scale);
 void check_dtd_weight_inputs(const at::Tensor& student, const at::Tensor& teacher,
                              const std::optional<at::Tensor>& target, int64_t mode, double gamma,
                              int64_t ka);

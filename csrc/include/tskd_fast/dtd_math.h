@@ -8,8 +8,8 @@
 // tau_n = t0 + beta (mean(w) - w_n) are taken by the caller.
 namespace tskd_fast {
 
-constexpr double kFlswNormEps = 1e-4;   // added to each L2 norm, as in the reference
-constexpr double kCwsmEps = 1e-3;       // added to the student's max probability
+constexpr double kFlswNormEps = 1e-4;  // added to each L2 norm, as in the reference
+constexpr double kCwsmEps = 1e-3;      // added to the student's max probability
 
 template <typename T>
 struct CosineSums {

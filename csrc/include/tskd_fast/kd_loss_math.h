@@ -59,23 +59,23 @@ TSKD_HD T kl_cross_term(T exp_a, T a, T b) {
 // Sums over one row. Which of them a backend needs depends on the row's target kind.
 template <typename T>
 struct KdRowSums {
-  T student_exp;    // sum_k exp(b_k)
-  T teacher_exp;    // sum_k exp(a_k)                 (teacher and swapped rows)
-  T cross;          // sum_k kl_cross_term(exp(a_k), a_k, b_k)  (teacher and swapped rows)
-  T student_scaled; // sum_k b_k                      (smoothed rows)
-  T ce_exp;         // sum_k exp(z_k - max z)        (when the CE term is active)
+  T student_exp;     // sum_k exp(b_k)
+  T teacher_exp;     // sum_k exp(a_k)                 (teacher and swapped rows)
+  T cross;           // sum_k kl_cross_term(exp(a_k), a_k, b_k)  (teacher and swapped rows)
+  T student_scaled;  // sum_k b_k                      (smoothed rows)
+  T ce_exp;          // sum_k exp(z_k - max z)        (when the CE term is active)
 };
 
 // Scalars of one row that the loss needs besides the sums.
 template <typename T>
 struct KdRowInfo {
-  int target;           // RowTarget
-  bool ce_active;       // ce_weight != 0 and the label is not ignored
-  T inv_tau;            // 1 / tau
-  T scale;              // s: tau^2 or 1
-  T student_max;        // max z
-  T student_at_label;   // z_y (when the label is used)
-  T student_at_argmax;  // z_j, j = argmax v (swapped rows)
+  int target;              // RowTarget
+  bool ce_active;          // ce_weight != 0 and the label is not ignored
+  T inv_tau;               // 1 / tau
+  T scale;                 // s: tau^2 or 1
+  T student_max;           // max z
+  T student_at_label;      // z_y (when the label is used)
+  T student_at_argmax;     // z_j, j = argmax v (swapped rows)
   T teacher_exp_at_label;  // exp((v_y - max v) / tau) (swapped rows)
 };
 
@@ -95,6 +95,8 @@ TSKD_HD T ce_row_loss(const KdRowSums<T>& s, const KdRowInfo<T>& r) {
 template <typename T>
 TSKD_HD T kd_row_loss(const KdRowSums<T>& s, const KdRowInfo<T>& r, const SmoothedTarget<T>& st,
                       T ce_weight) {
+  // Rows reach here with finite maxima, so a non-finite student logit below is -inf.
+  const T inf = T(INFINITY);
   const T log_student = log(s.student_exp);
   T kl;
   if (r.target == kTargetSmoothed) {
@@ -102,7 +104,17 @@ TSKD_HD T kd_row_loss(const KdRowSums<T>& s, const KdRowInfo<T>& r, const Smooth
     // off == 0 (lsr_p = 1) must not turn a -inf student logit into 0 * -inf.
     const T off_part = st.off == T(0) ? T(0) : st.off * (s.student_scaled - b_label);
     const T q_dot_log_p = off_part + st.on * b_label - log_student;
-    kl = st.neg_entropy - q_dot_log_p;
+    // The target puts on > 0 on the label: a student -inf there is an infinite KL (and the sums
+    // above would give -inf - -inf).
+    kl = b_label == -inf ? inf : st.neg_entropy - q_dot_log_p;
+  } else if (r.target == kTargetSwapped &&
+             (r.student_at_label == -inf || r.student_at_argmax == -inf)) {
+    // The swapped target holds 1/sum exp(a) > 0 at the label and exp(a_label)/sum exp(a) at the
+    // argmax: a student -inf where it is positive makes the KL infinite. The remaining case (a
+    // student -inf at the argmax, where the swapped target underflowed to 0) cannot be told from
+    // the row sums, which hold +inf from the unswapped term: NaN rather than a wrong number.
+    const bool infinite = r.student_at_label == -inf || r.teacher_exp_at_label > T(0);
+    kl = infinite ? inf : T(NAN);
   } else {
     T cross = s.cross;
     if (r.target == kTargetSwapped) cross += swapped_cross_correction(r);
@@ -112,26 +124,30 @@ TSKD_HD T kd_row_loss(const KdRowSums<T>& s, const KdRowInfo<T>& r, const Smooth
   return r.ce_active ? loss + ce_weight * ce_row_loss(s, r) : loss;
 }
 
-// dloss/dz_k = student * exp(b_k) - teacher * exp(a_k) - smoothed_q * [q_k] + ce * exp(z_k - max z)
-//              - ce_label * [k == y]
+// grad_scale * dloss/dz_k = student * exp(b_k) - teacher * exp(a_k) - smoothed * q_k
+//                           + ce * exp(z_k - max z) - ce_label * [k == y]
+// grad_scale folds the reduction's factor (1/B for batchmean) into the written gradient, so the
+// common backward (an incoming gradient equal to that factor) needs no pass over it.
 template <typename T>
 struct KdGradCoefs {
-  T student;     // s / (tau * sum exp(b))
-  T teacher;     // s / (tau * sum exp(a))    (teacher and swapped rows, else 0)
-  T smoothed;    // s / tau                    (smoothed rows, times q_k, else 0)
-  T ce;          // ce_weight / sum exp(z - max z)  (0 when CE is off)
-  T ce_label;    // ce_weight                  (0 when CE is off)
+  T student;   // s / (tau * sum exp(b))
+  T teacher;   // s / (tau * sum exp(a))    (teacher and swapped rows, else 0)
+  T smoothed;  // s / tau                    (smoothed rows, times q_k, else 0)
+  T ce;        // ce_weight / sum exp(z - max z)  (0 when CE is off)
+  T ce_label;  // ce_weight                  (0 when CE is off)
 };
 
 template <typename T>
-TSKD_HD KdGradCoefs<T> kd_grad_coefs(const KdRowSums<T>& s, const KdRowInfo<T>& r, T ce_weight) {
+TSKD_HD KdGradCoefs<T> kd_grad_coefs(const KdRowSums<T>& s, const KdRowInfo<T>& r, T ce_weight,
+                                     T grad_scale) {
   KdGradCoefs<T> c;
-  const T s_over_tau = r.scale * r.inv_tau;
+  const T s_over_tau = grad_scale * r.scale * r.inv_tau;
+  const T ce = grad_scale * ce_weight;
   c.student = s_over_tau / s.student_exp;
   c.teacher = r.target == kTargetSmoothed ? T(0) : s_over_tau / s.teacher_exp;
   c.smoothed = r.target == kTargetSmoothed ? s_over_tau : T(0);
-  c.ce = r.ce_active ? ce_weight / s.ce_exp : T(0);
-  c.ce_label = r.ce_active ? ce_weight : T(0);
+  c.ce = r.ce_active ? ce / s.ce_exp : T(0);
+  c.ce_label = r.ce_active ? ce : T(0);
   return c;
 }
 

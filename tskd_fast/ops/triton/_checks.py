@@ -152,7 +152,7 @@ def check_kd_loss_inputs(
         op,
         ": ce_weight != 0 needs target labels, but target is None",
     )
-    _check(0.0 <= lsr_p <= 1.0, op, ": lsr_p must be in [0, 1], got ", _num(lsr_p))
+    _check(0.0 < lsr_p <= 1.0, op, ": lsr_p must be in (0, 1], got ", _num(lsr_p))
     _check(math.isfinite(ce_weight), op, ": ce_weight must be finite, got ", _num(ce_weight))
     _check(
         temperature.dim() == 1 and temperature.shape[0] == student.shape[0],

@@ -33,7 +33,7 @@ from tskd_fast.ops.triton._rowmath import first_max_index, nan_as_inf, rescale, 
 OP_NAME = "tskd_fast::kd_loss_triton"
 SCHEMA = (
     "(Tensor student, Tensor teacher, Tensor? target, Tensor temperature, int ka, float lsr_p, "
-    "bool scale_tau2, float ce_weight, int ignore_index, bool compute_grad) "
+    "bool scale_tau2, float ce_weight, int ignore_index, bool compute_grad, float grad_scale=1.) "
     "-> (Tensor row_loss, Tensor row_grad)"
 )
 
@@ -162,6 +162,7 @@ def _kd_loss_kernel(
     lsr_off_arg,
     lsr_neg_entropy_arg,
     ce_weight_arg,
+    grad_scale_arg,
     KA: tl.constexpr,
     SCALE_TAU2: tl.constexpr,
     HAS_TARGET: tl.constexpr,
@@ -180,11 +181,13 @@ def _kd_loss_kernel(
         lsr_off = tl.load(params_ptr + 1)
         lsr_neg_entropy = tl.load(params_ptr + 2)
         ce_weight = tl.load(params_ptr + 3)
+        grad_scale = tl.load(params_ptr + 4)
     else:
         lsr_on = lsr_on_arg
         lsr_off = lsr_off_arg
         lsr_neg_entropy = lsr_neg_entropy_arg
         ce_weight = ce_weight_arg
+        grad_scale = grad_scale_arg
 
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < n_rows
@@ -253,11 +256,25 @@ def _kd_loss_kernel(
 
     log_sz = tl.log(sz)
     kl = cross / sv - tl.log(sv) + log_sz
+    if KA == 1:
+        # As kd_row_loss: a student -inf where the swapped target is positive (always at the label,
+        # at the argmax unless exp(a_label) underflowed) is an infinite KL; the underflowed case
+        # cannot be told from the sums (NaN rather than a wrong number).
+        label_inf = z_label == float("-inf")
+        arg_inf = z_arg == float("-inf")
+        kl = tl.where(
+            swapped & (label_inf | arg_inf),
+            tl.where(label_inf | (ea_label > 0.0), float("inf"), float("nan")),
+            kl,
+        )
     if KA == 2:
         b_label = (z_label - zs) * inv_tau
         # lsr_off == 0 (lsr_p = 1) must not turn a -inf student logit into 0 * -inf.
         off_part = tl.where(lsr_off == 0.0, 0.0, lsr_off * (sb - b_label))
-        kl = tl.where(smoothed, lsr_neg_entropy - (off_part + lsr_on * b_label - log_sz), kl)
+        smoothed_kl = lsr_neg_entropy - (off_part + lsr_on * b_label - log_sz)
+        # lsr_p > 0 is on the label: a student -inf there is an infinite KL.
+        smoothed_kl = tl.where(z_label == float("-inf"), float("inf"), smoothed_kl)
+        kl = tl.where(smoothed, smoothed_kl, kl)
     if SCALE_TAU2:
         scale = tau * tau
     else:
@@ -269,15 +286,16 @@ def _kd_loss_kernel(
     tl.store(loss_ptr + rows, loss, mask=row_ok)
 
     if WRITE_GRAD:
-        s_over_tau = scale * inv_tau
+        # grad_scale (1/B for batchmean) is folded into the written gradient.
+        s_over_tau = grad_scale * scale * inv_tau
         c_student = s_over_tau / sz
         c_teacher = tl.where(smoothed, 0.0, s_over_tau / sv)
         c_smooth = tl.where(smoothed, s_over_tau, 0.0)
         c_ce = tl.zeros([ROWS], ACC)
         c_ce_label = tl.zeros([ROWS], ACC)
         if HAS_CE:
-            c_ce = tl.where(label_used, ce_weight / sce, 0.0)
-            c_ce_label = tl.where(label_used, ce_weight, 0.0).to(ACC)
+            c_ce = tl.where(label_used, grad_scale * ce_weight / sce, 0.0)
+            c_ce_label = tl.where(label_used, grad_scale * ce_weight, 0.0).to(ACC)
         g_row = grad_ptr + rows64 * grad_row_stride
         if SINGLE_CHUNK:
             g = _kd_grad_tile(
@@ -359,12 +377,13 @@ def launch_kd_loss(
     ce_weight: float,
     ignore_index: int,
     compute_grad: bool,
+    grad_scale: float = 1.0,
     config: RowBlockConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the kernel on checked inputs (unit class stride, contiguous target and temperature).
 
     Returns row_loss (B,) float32 (float64 for float64 logits) and row_grad (B, C) in the logits'
-    dtype, or an empty (0,) tensor when compute_grad is False. `config` overrides the launch shape
+    dtype (grad_scale times each row's gradient), or an empty (0,) tensor when compute_grad is False. `config` overrides the launch shape
     (tests use it to force the chunked path on short rows).
     """
     rows, classes = student.shape
@@ -378,7 +397,7 @@ def launch_kd_loss(
     on, off, neg_entropy = _smoothed_target(lsr_p, classes)
     params_in_memory = acc == torch.float64
     params = (
-        torch.tensor([on, off, neg_entropy, ce_weight], dtype=acc, device=student.device)
+        torch.tensor([on, off, neg_entropy, ce_weight, grad_scale], dtype=acc, device=student.device)
         if params_in_memory
         else row_loss  # never read
     )
@@ -403,6 +422,7 @@ def launch_kd_loss(
             off,
             neg_entropy,
             ce_weight,
+            grad_scale,
             KA=ka if has_target else KA_NONE,
             SCALE_TAU2=bool(scale_tau2),
             HAS_TARGET=has_target,
@@ -429,8 +449,11 @@ def _kd_loss_triton_impl(
     ce_weight: float,
     ignore_index: int,
     compute_grad: bool,
+    grad_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _checks.check_kd_loss_inputs(student, teacher, target, temperature, ka, lsr_p, ce_weight, OP_NAME)
+    if not math.isfinite(grad_scale):
+        raise RuntimeError(f"{OP_NAME}: grad_scale must be finite, got {grad_scale}")
     _checks.check_device_runs_triton(student, INTERPRETED, OP_NAME)
     student = _checks.with_unit_class_stride(student)
     teacher = _checks.with_unit_class_stride(teacher)
@@ -440,7 +463,17 @@ def _kd_loss_triton_impl(
         _checks.check_labels(target, student.shape[1], ignore_index, OP_NAME)
     _checks.check_temperature_values(temperature, OP_NAME)
     return launch_kd_loss(
-        student, teacher, target, temperature, ka, lsr_p, scale_tau2, ce_weight, ignore_index, compute_grad
+        student,
+        teacher,
+        target,
+        temperature,
+        ka,
+        lsr_p,
+        scale_tau2,
+        ce_weight,
+        ignore_index,
+        compute_grad,
+        grad_scale,
     )
 
 
@@ -451,6 +484,7 @@ register_kd_loss_op(_kd_loss_triton_def)
 
 #: The op overload, called like torch.ops.tskd_fast.kd_loss.default:
 #: (student (B, C), teacher (B, C), target (B,) int64 | None, temperature (B,) float32 (float64 for
-#: float64 logits), ka, lsr_p, scale_tau2, ce_weight, ignore_index, compute_grad)
-#: -> (row_loss (B,) float32/float64, row_grad (B, C) logits dtype, or (0,) without compute_grad).
+#: float64 logits), ka, lsr_p, scale_tau2, ce_weight, ignore_index, compute_grad, grad_scale=1)
+#: -> (row_loss (B,) float32/float64, row_grad (B, C) logits dtype: grad_scale times each row's
+#: gradient, or (0,) without compute_grad).
 kd_loss_triton = torch.ops.tskd_fast.kd_loss_triton.default
