@@ -29,12 +29,14 @@ inline Vectorized<T> exp2_nonpositive(const Vectorized<T>& x) {
   return (x * Vectorized<T>(T(M_LN2))).exp_u20();
 }
 
+// Results below 2^-125 are returned as exact zeros: denormal results cost a microcode assist of
+// about a hundred cycles each, and the tail of every row (padded with -inf) would pay it.
 #if defined(CPU_CAPABILITY_AVX512)
 template <>
 inline Vectorized<float> exp2_nonpositive(const Vectorized<float>& x) {
   using namespace exp2_poly;
-  // Below -150 the result is 0 in float32; the clamp also maps -inf to 0 (max keeps a NaN x).
-  const __m512 t = _mm512_max_ps(_mm512_set1_ps(-150.0f), x);
+  const __m512 lowest = _mm512_set1_ps(-125.0f);
+  const __m512 t = _mm512_max_ps(lowest, x);  // a NaN x stays NaN (max returns its second operand)
   const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(t, n);
   __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(c6), f, _mm512_set1_ps(c5));
@@ -43,16 +45,15 @@ inline Vectorized<float> exp2_nonpositive(const Vectorized<float>& x) {
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c2));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c1));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c0));
-  return _mm512_scalef_ps(p, n);  // p * 2^n, flushing to 0 where 2^n underflows
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, lowest, _CMP_NLT_UQ);  // x >= -125 or NaN
+  return _mm512_maskz_scalef_ps(keep, p, n);                          // p * 2^n, else 0
 }
 #elif defined(CPU_CAPABILITY_AVX2)
 template <>
 inline Vectorized<float> exp2_nonpositive(const Vectorized<float>& x) {
   using namespace exp2_poly;
-  // 2^n is built in the exponent bits, so n stays >= -126 and arguments below are set to an
-  // exact 0 at the end (like -inf: callers rely on exp2(-inf) == 0).
-  const __m256 lowest = _mm256_set1_ps(-126.0f);
-  const __m256 t = _mm256_max_ps(lowest, x);
+  const __m256 lowest = _mm256_set1_ps(-125.0f);
+  const __m256 t = _mm256_max_ps(lowest, x);  // a NaN x stays NaN (max returns its second operand)
   const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 f = _mm256_sub_ps(t, n);
   __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(c6), f, _mm256_set1_ps(c5));
@@ -61,6 +62,7 @@ inline Vectorized<float> exp2_nonpositive(const Vectorized<float>& x) {
   p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c2));
   p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c1));
   p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c0));
+  // 2^n built in the exponent bits (n >= -125 keeps it a normal number).
   const __m256i bits =
       _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   const __m256 r = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));

@@ -124,7 +124,7 @@ class KdLossRows {
 
     // One step of W elements; `count` < W only for the row's tail, whose missing lanes load as 0
     // and get -inf exponents (so they add nothing) and are never stored.
-    auto step = [&](int64_t k, int count) {
+    auto step = [&](int64_t k, int count) __attribute__((always_inline)) {
       Vec zp[P], vp[P];
       if (count == W) {
         L::load(z + k, zp);
@@ -184,7 +184,7 @@ class KdLossRows {
     const bool smoothed = target == kTargetSmoothed;
     const bool ce = c.ce != T(0);
     const Vec cs(c.student), ct(c.teacher), cq(c.smoothed * smoothed_.off), cce(c.ce);
-    auto step = [&](int64_t k, int count) {
+    auto step = [&](int64_t k, int count) __attribute__((always_inline)) {
       Vec g[P];
       for (int i = 0; i < P; ++i) {
         const int64_t at = k + i * VW;

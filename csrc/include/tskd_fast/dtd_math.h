@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "tskd_fast/macros.h"
+#include "tskd_fast/scalar_math.h"
 
 // Per-row weights of dynamic temperature distillation (METHODS.md A1, §3.2); the batch mean and
 // tau_n = t0 + beta (mean(w) - w_n) are taken by the caller.
@@ -28,10 +29,10 @@ TSKD_HD T swapped_dot_correction(T z_argmax, T z_label, T v_argmax, T v_label) {
 template <typename T>
 TSKD_HD T flsw_weight(const CosineSums<T>& s, T gamma) {
   const T eps = T(kFlswNormEps);
-  const T cosine = s.dot / ((sqrt(s.student_sq) + eps) * (sqrt(s.teacher_sq) + eps));
+  const T cosine = s.dot / ((math_sqrt(s.student_sq) + eps) * (math_sqrt(s.teacher_sq) + eps));
   T gap = T(1) - cosine;
   gap = gap < T(0) ? T(0) : (gap > T(2) ? T(2) : gap);
-  return pow(gap, gamma);
+  return math_pow(gap, gamma);
 }
 
 // w = 1 / (max_k softmax(z)_k + eps), with max softmax = 1 / sum_k exp(z_k - max z).

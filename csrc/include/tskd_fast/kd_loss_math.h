@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "tskd_fast/macros.h"
+#include "tskd_fast/scalar_math.h"
 
 // Row math of the fused KD loss (METHODS.md A1, §6b). Per row n, with student logits z, teacher
 // logits v, temperature tau and label y:
@@ -29,7 +30,7 @@ TSKD_HD int kd_row_target(int64_t ka, int64_t label, int64_t ignore_index, int64
 
 template <typename T>
 TSKD_HD T xlogx(T x) {
-  return x > T(0) ? x * log(x) : T(0);
+  return x > T(0) ? x * math_log(x) : T(0);
 }
 
 // The label-smoothing target: `on` at the label, `off` elsewhere, and sum_k q_k log q_k.
@@ -89,7 +90,7 @@ TSKD_HD T swapped_cross_correction(const KdRowInfo<T>& r) {
 // Cross-entropy at temperature 1 for the label: log sum exp(z - max z) - (z_y - max z).
 template <typename T>
 TSKD_HD T ce_row_loss(const KdRowSums<T>& s, const KdRowInfo<T>& r) {
-  return log(s.ce_exp) - (r.student_at_label - r.student_max);
+  return math_log(s.ce_exp) - (r.student_at_label - r.student_max);
 }
 
 template <typename T>
@@ -97,7 +98,7 @@ TSKD_HD T kd_row_loss(const KdRowSums<T>& s, const KdRowInfo<T>& r, const Smooth
                       T ce_weight) {
   // Rows reach here with finite maxima, so a non-finite student logit below is -inf.
   const T inf = T(INFINITY);
-  const T log_student = log(s.student_exp);
+  const T log_student = math_log(s.student_exp);
   T kl;
   if (r.target == kTargetSmoothed) {
     const T b_label = (r.student_at_label - r.student_max) * r.inv_tau;
@@ -118,7 +119,7 @@ TSKD_HD T kd_row_loss(const KdRowSums<T>& s, const KdRowInfo<T>& r, const Smooth
   } else {
     T cross = s.cross;
     if (r.target == kTargetSwapped) cross += swapped_cross_correction(r);
-    kl = cross / s.teacher_exp - log(s.teacher_exp) + log_student;
+    kl = cross / s.teacher_exp - math_log(s.teacher_exp) + log_student;
   }
   const T loss = r.scale * kl;
   return r.ce_active ? loss + ce_weight * ce_row_loss(s, r) : loss;
