@@ -31,6 +31,28 @@ def fused(backend: str):
     return loss
 
 
+def dtd_ka_reference(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    tau = reference.dtd_temperature(student, teacher, t0=TEMPERATURE, target=target, ka="ps")
+    return reference.kd_loss(student, teacher, target, tau, ka="ps", ce_weight=1.0)
+
+
+def dtd_ka_fused(backend: str):
+    def loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        tau = F.dtd_temperature(student, teacher, t0=TEMPERATURE, target=target, ka="ps", backend=backend)
+        return F.kd_loss(student, teacher, target, tau, ka="ps", ce_weight=1.0, backend=backend)
+
+    return loss
+
+
+def dtd_ka_implementations(device: str, with_compile: bool = True) -> dict:
+    """DTD temperatures (flsw) + probability shift + KL + CE: name -> loss(student, teacher, target)."""
+    impls = {"eager reference": dtd_ka_reference}
+    if with_compile:
+        impls["compile reference"] = torch.compile(dtd_ka_reference, dynamic=False)
+    impls["fused"] = dtd_ka_fused("cpu" if device == "cpu" else "auto")
+    return impls
+
+
 def implementations(device: str, with_compile: bool = True) -> dict:
     """name -> loss(student, teacher); forward + backward is what gets timed."""
     impls = {
@@ -44,18 +66,24 @@ def implementations(device: str, with_compile: bool = True) -> dict:
     return impls
 
 
-def forward_backward(loss_fn, student: torch.Tensor, teacher: torch.Tensor):
+def forward_backward(loss_fn, student: torch.Tensor, teacher: torch.Tensor, reset_grad: bool = True, *extra):
+    """One forward + backward; reset_grad=False leaves freeing the last gradient to the caller
+    (peak-memory measurement, which must not count that free). `extra` follows the logits."""
+
     def run():
-        student.grad = None
-        loss_fn(student, teacher).backward()
+        if reset_grad:
+            student.grad = None
+        loss_fn(student, teacher, *extra).backward()
 
     return run
 
 
 def make_inputs(rows: int, classes: int, device: str, dtype=torch.float32):
+    """Student logits (requiring grad), teacher logits and labels, seeded by the shape."""
     gen = torch.Generator().manual_seed(rows * 100003 + classes)
     student = (
         torch.randn(rows, classes, generator=gen).mul_(3).to(device=device, dtype=dtype).requires_grad_(True)
     )
     teacher = torch.randn(rows, classes, generator=gen).mul_(3).to(device=device, dtype=dtype)
-    return student, teacher
+    target = torch.randint(0, classes, (rows,), generator=gen).to(device)
+    return student, teacher, target

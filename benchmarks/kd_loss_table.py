@@ -18,7 +18,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import peak_memory_bytes, time_call  # noqa: E402
-from kd_loss_cases import SHAPES, forward_backward, implementations, make_inputs  # noqa: E402
+from kd_loss_cases import (  # noqa: E402
+    SHAPES,
+    TEMPERATURE,
+    dtd_ka_implementations,
+    forward_backward,
+    implementations,
+    make_inputs,
+)
 
 
 def machine() -> str:
@@ -35,27 +42,21 @@ def machine() -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
-    args = parser.parse_args()
-
-    impls = implementations(args.device, with_compile=not args.no_compile)
-    print(f"Machine: {machine() if args.device == 'cpu' else torch.cuda.get_device_name()}\n")
-    header = "| B x C | implementation | median ms (p20-p80) | fused speed-up | GB/s (3BC*4) | peak MiB |"
-    print(header)
+def table(title: str, impls: dict, device: str, repeat: int, with_target: bool) -> None:
+    print(f"\n{title}\n")
+    print("| B x C | implementation | median ms (p20-p80) | fused speed-up | GB/s (3BC*4) | peak MiB |")
     print("|" + "---|" * 6)
     for rows, classes in SHAPES:
-        student, teacher = make_inputs(rows, classes, args.device)
+        student, teacher, target = make_inputs(rows, classes, device)
+        extra = (target,) if with_target else ()
         results = {}
         for name, fn in impls.items():
-            step = forward_backward(fn, student, teacher)
-            results[name] = time_call(step, args.device, warmup=3, repeat=args.repeat)
-            results[name]["peak"] = peak_memory_bytes(step, args.device)
+            step = forward_backward(fn, student, teacher, True, *extra)
+            results[name] = time_call(step, device, warmup=3, repeat=repeat)
+            student.grad = None
+            results[name]["peak"] = peak_memory_bytes(
+                forward_backward(fn, student, teacher, False, *extra), device
+            )
         fused_ms = results["fused"]["median"]
         minimal_bytes = 3 * rows * classes * 4
         for name, r in results.items():
@@ -66,6 +67,35 @@ def main() -> None:
                 f"{speedup} | {gbs:.1f} | {r['peak'] / 2**20:.1f} |"
             )
         sys.stdout.flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
+    parser.add_argument("--no-dtd", action="store_true", help="skip the DTD + KA table")
+    args = parser.parse_args()
+
+    print(f"Machine: {machine() if args.device == 'cpu' else torch.cuda.get_device_name()}")
+    compile_ = not args.no_compile
+    table(
+        f"KD loss, T = {TEMPERATURE}, batchmean, float32, forward + backward",
+        implementations(args.device, with_compile=compile_),
+        args.device,
+        args.repeat,
+        with_target=False,
+    )
+    if not args.no_dtd:
+        table(
+            "DTD temperatures (flsw) + probability shift + KL + CE, float32, forward + backward",
+            dtd_ka_implementations(args.device, with_compile=compile_),
+            args.device,
+            args.repeat,
+            with_target=True,
+        )
 
 
 if __name__ == "__main__":
