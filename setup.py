@@ -24,10 +24,10 @@ if "CUDA_HOME" not in os.environ and os.path.isdir("/usr/local/cuda"):
 import torch  # noqa: E402
 from torch.utils.cpp_extension import (  # noqa: E402
     CUDA_HOME,
-    include_paths,
     BuildExtension,
     CppExtension,
     CUDAExtension,
+    include_paths,
 )
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -38,7 +38,15 @@ X86 = platform.machine().lower() in ("x86_64", "amd64")
 # The vector ISAs ATen itself dispatches between on x86; each kernel body is compiled once per ISA
 # (csrc/cpu/isa/*_<isa>.cpp) and the best one the CPU supports is chosen at run time.
 ISA_FLAGS = {
-    "avx2": ["-mavx2", "-mfma", "-mf16c", "-mbmi", "-mbmi2", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+    "avx2": [
+        "-mavx2",
+        "-mfma",
+        "-mf16c",
+        "-mbmi",
+        "-mbmi2",
+        "-DCPU_CAPABILITY=AVX2",
+        "-DCPU_CAPABILITY_AVX2",
+    ],
     "avx512": [
         "-mavx512f",
         "-mavx512bw",
@@ -104,11 +112,14 @@ def get_extension():
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]
     # torch's headers as system headers: their warnings are not ours to fix (or to fail on).
     system = [f"-isystem{path}" for path in include_paths(device_type="cuda" if use_cuda else "cpu")]
-    warn = system + ["-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-psabi"] + (["-Werror"] if WERROR else [])
-    cxx = opt + warn + ["-fopenmp", "-DTSKD_FAST_WITH_CUDA=%d" % int(use_cuda)]
+    warn = (
+        system + ["-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-psabi"] + (["-Werror"] if WERROR else [])
+    )
+    cxx = (
+        opt + warn + ["-fopenmp", f"-DTSKD_FAST_WITH_CUDA={int(use_cuda)}", f"-DTSKD_FAST_X86_ISA={int(X86)}"]
+    )
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     sources += [s for s in sorted(glob.glob("csrc/cpu/isa/*.cpp")) if X86 or _isa_of(s) == "default"]
-    cxx.append("-DTSKD_FAST_X86_ISA=%d" % int(X86))
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
     kwargs = dict(extra_link_args=["-fopenmp"] + (["-g"] if DEBUG else []))
 
