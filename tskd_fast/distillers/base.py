@@ -1,0 +1,205 @@
+"""The Distiller contract (mdistiller's): ``forward_train(image, target) -> (logits, {name: loss})``.
+
+A Distiller owns the student, the frozen teacher (always in eval mode, run under no_grad) and the
+weighted loss terms of the config. Methods with more machinery subclass it and use the hooks:
+
+* ``extra_modules()``: trainable modules besides the student (adapters, ConvLSTMs, augmentation
+  modules); they are optimised with the student, wrapped in DDP like it, and checkpointed.
+* ``param_groups()``: optimiser parameter groups (e.g. a different lr for adapters).
+* ``on_epoch_start(epoch, num_epochs)`` / ``on_epoch_end(epoch)``: schedules such as a loss
+  warmup ``min(1, epoch / warmup)`` (set ``term_factors``) or review epochs.
+* ``extra_state()`` / ``load_extra_state(state)``: state that is not a module parameter (student
+  snapshots, a method's own optimiser) so that ``--resume`` continues exactly.
+* ``run_extras(image, outputs)``: compute method outputs (e.g. adapter features) handed to the terms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tskd_fast.distillers.terms import LossTerm, StepOutputs, build_term
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel (or similar ``.module``) wrapper."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+class Distiller(nn.Module):
+    """Student + frozen teacher + weighted loss terms.
+
+    Args:
+        student: the model being trained; ``student(x)`` -> logits (B, K),
+            ``student(x, with_features=True)`` -> (logits, FeatureDict).
+        teacher: a trained model with the same API, or None for methods without one (vanilla).
+        terms: name -> (weight, LossTerm); terms with weight 0 should not be passed.
+        options: the method's own options section (``distiller.<method>``), possibly empty.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        terms: Mapping[str, tuple[float, LossTerm]],
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not terms:
+            raise ValueError("a distiller needs at least one loss term with a non-zero weight")
+        self.student = student
+        self.teacher = teacher
+        self.terms = nn.ModuleDict({name: term for name, (_, term) in terms.items()})
+        self.weights = {name: float(weight) for name, (weight, _) in terms.items()}
+        # Per-epoch multipliers of the weights, set by schedules in on_epoch_start.
+        self.term_factors = dict.fromkeys(self.weights, 1.0)
+        self.options = dict(options or {})
+        if any(term.needs_teacher for term in self.terms.values()) and teacher is None:
+            raise ValueError(f"the loss terms {list(self.weights)} need a teacher, but none was given")
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
+
+    @classmethod
+    def from_config(
+        cls, student: nn.Module, teacher: nn.Module | None, distiller_cfg: Mapping[str, Any], method_name: str
+    ) -> Distiller:
+        """Build from a resolved ``distiller`` config section: every term with a non-zero weight."""
+        built = {
+            name: (weight, build_term(name, distiller_cfg.get(name, {})))
+            for name, weight in distiller_cfg["terms"].items()
+            if weight != 0
+        }
+        return cls(student, teacher, built, distiller_cfg.get(method_name, {}))
+
+    # -- the contract ----------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> Distiller:
+        """Train/eval mode for the student and extra modules; the teacher always stays in eval."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def needs_teacher(self) -> bool:
+        return any(t.needs_teacher or t.needs_teacher_features for t in self.terms.values())
+
+    def forward_train(
+        self, image: Tensor, target: Tensor, epoch: int = 0, progress: float = 0.0, **kwargs: Any
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """image (B, 3, H, W), target (B,) -> (student logits (B, K), {term name: weighted loss}).
+
+        The losses are already multiplied by their weights (and schedule factors); the trainer
+        back-propagates their sum.
+        """
+        want_s = any(t.needs_student_features for t in self.terms.values())
+        want_t = any(t.needs_teacher_features for t in self.terms.values())
+        s_out = self.student(image, with_features=True) if want_s else self.student(image)
+        s_logits, s_feats = s_out if want_s else (s_out, None)
+        t_logits, t_feats = None, None
+        if self.teacher is not None and self.needs_teacher():
+            with torch.no_grad():
+                t_out = self.teacher(image, with_features=True) if want_t else self.teacher(image)
+            t_logits, t_feats = t_out if want_t else (t_out, None)
+        outputs = StepOutputs(
+            student_logits=s_logits,
+            teacher_logits=t_logits,
+            target=target,
+            student_features=s_feats,
+            teacher_features=t_feats,
+            epoch=epoch,
+            progress=progress,
+        )
+        outputs.extras = self.run_extras(image, outputs)
+        losses = {
+            name: term(outputs) * (self.weights[name] * self.term_factors[name])
+            for name, term in self.terms.items()
+        }
+        return s_logits, losses
+
+    def forward_test(self, image: Tensor) -> Tensor:
+        """image (B, 3, H, W) -> student logits (B, K)."""
+        return self.eval_model()(image)
+
+    def eval_model(self) -> nn.Module:
+        """The module evaluated on the test split: the unwrapped student (never DDP, so ranks may
+        evaluate different numbers of batches without collective calls)."""
+        return unwrap(self.student)
+
+    def forward(self, image: Tensor, target: Tensor | None = None, **kwargs: Any) -> Any:
+        if self.training:
+            if target is None:
+                raise ValueError("forward_train needs the target labels")
+            return self.forward_train(image, target, **kwargs)
+        return self.forward_test(image)
+
+    # -- hooks for methods with more machinery ----------------------------------------------------
+    def run_extras(self, image: Tensor, outputs: StepOutputs) -> dict[str, Any]:
+        """Outputs of the method's own modules for the loss terms; none by default."""
+        return {}
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        """Trainable modules besides the student, by attribute name."""
+        return {}
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """The student and every extra trainable module (unwrapped), by attribute name."""
+        return {"student": unwrap(self.student), **{k: unwrap(m) for k, m in self.extra_modules().items()}}
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimiser parameter groups; the trainer fills in lr/weight_decay where a group has none.
+
+        A group may carry ``lr_scale`` (multiplies the configured lr).
+        """
+        params = [p for m in self.trainable_modules().values() for p in m.parameters() if p.requires_grad]
+        return [{"params": params}]
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        """Called before each epoch (0-based) of training, also after a resume."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called after each training epoch, before evaluation and the checkpoint."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """Non-parameter state to checkpoint (tensors, numbers, strings, nested dicts/lists)."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``extra_state`` returned."""
+
+    def log_values(self) -> dict[str, float]:
+        """Scalars worth logging after a step (e.g. the mean DTD temperature)."""
+        values = {}
+        for name, term in self.terms.items():
+            tau = getattr(term, "last_mean_temperature", None)
+            if tau is not None:
+                values[f"{name}_temperature"] = tau
+        return values
+
+    # -- checkpoint / distributed plumbing --------------------------------------------------------
+    def wrap_trainable(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Replace the student and every extra module by ``wrap(module)`` (e.g. DDP); not the teacher."""
+        self.student = wrap(self.student)
+        for name, module in self.extra_modules().items():
+            setattr(self, name, wrap(module))
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """{"modules": {name: state_dict} of the trainable modules, "extra": extra_state()}."""
+        return {
+            "modules": {name: m.state_dict() for name, m in self.trainable_modules().items()},
+            "extra": self.extra_state(),
+        }
+
+    def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        """Inverse of ``checkpoint_state`` (strict: every trainable module must be present)."""
+        modules = self.trainable_modules()
+        missing = [k for k in modules if k not in state["modules"]]
+        if missing:
+            raise ValueError(f"checkpoint lacks the state of the distiller modules {missing}")
+        for name, module in modules.items():
+            module.load_state_dict(state["modules"][name])
+        self.load_extra_state(state.get("extra", {}))

@@ -1,0 +1,173 @@
+"""Loss terms a distiller combines with weights: hard-label CE, KD, and DTD+KA.
+
+Every term is an ``nn.Module`` built from its options section (``distiller.<term>``) and called on
+a ``StepOutputs``; it states what it needs (teacher logits, student/teacher features), so the
+distiller runs only the forward passes the active terms use. The math lives in tskd_fast.nn /
+tskd_fast.functional; these classes only adapt it to the config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tskd_fast.distillers.registry import TermEntry, register_term
+from tskd_fast.engine.schema import Field, non_negative, positive, unit_interval
+from tskd_fast.models import FeatureDict
+from tskd_fast.nn import DTDKDLoss, KDLoss
+
+
+@dataclass
+class StepOutputs:
+    """What one training step produced, handed to every loss term.
+
+    student_logits: (B, K); teacher_logits: (B, K) or None (no term needs the teacher);
+    target: (B,) int64; student_features / teacher_features: the models' FeatureDict when a term
+    asked for them, else None; extras: outputs of the distiller's own modules (adapters, ...);
+    epoch: 0-based epoch; progress: fraction of training done, in [0, 1).
+    """
+
+    student_logits: Tensor
+    teacher_logits: Tensor | None
+    target: Tensor
+    student_features: FeatureDict | None = None
+    teacher_features: FeatureDict | None = None
+    extras: dict[str, Any] | None = None
+    epoch: int = 0
+    progress: float = 0.0
+
+
+class LossTerm(nn.Module):
+    """Base class: ``forward(outputs: StepOutputs) -> scalar loss`` (unweighted)."""
+
+    needs_teacher: bool = False
+    needs_student_features: bool = False
+    needs_teacher_features: bool = False
+
+    def forward(self, outputs: StepOutputs) -> Tensor:
+        raise NotImplementedError
+
+
+class CrossEntropyTerm(LossTerm):
+    """Hard-label cross-entropy of the student logits (optionally label-smoothed)."""
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def forward(self, outputs: StepOutputs) -> Tensor:
+        return F.cross_entropy(outputs.student_logits, outputs.target, label_smoothing=self.label_smoothing)
+
+
+class KDTerm(LossTerm):
+    """Hinton's KD at a fixed temperature, optionally with knowledge adjustment (tskd_fast.nn.KDLoss)."""
+
+    needs_teacher = True
+
+    def __init__(self, temperature: float, ka: str, lsr_p: float, scale: str) -> None:
+        super().__init__()
+        self.loss = KDLoss(T=temperature, ka=ka, lsr_p=lsr_p, scale=scale)
+
+    def forward(self, outputs: StepOutputs) -> Tensor:
+        assert outputs.teacher_logits is not None
+        target = outputs.target if self.loss.ka != "none" else None
+        return self.loss(outputs.student_logits, outputs.teacher_logits, target)
+
+
+class DTDKATerm(LossTerm):
+    """KD with dynamic per-sample temperatures (DTD) and knowledge adjustment (tskd_fast.nn.DTDKDLoss).
+
+    The last batch's mean temperature is exposed as ``last_mean_temperature`` for logging.
+    """
+
+    needs_teacher = True
+
+    def __init__(
+        self,
+        t0: float,
+        beta: float,
+        gamma: float,
+        mode: str,
+        min_temperature: float,
+        ka: str,
+        lsr_p: float,
+        scale: str,
+    ) -> None:
+        super().__init__()
+        self.loss = DTDKDLoss(
+            t0=t0,
+            beta=beta,
+            gamma=gamma,
+            mode=mode,
+            min_temperature=min_temperature,
+            ka=ka,
+            lsr_p=lsr_p,
+            scale=scale,
+        )
+
+    def forward(self, outputs: StepOutputs) -> Tensor:
+        assert outputs.teacher_logits is not None
+        return self.loss(outputs.student_logits, outputs.teacher_logits, outputs.target)
+
+    @property
+    def last_mean_temperature(self) -> float | None:
+        tau = self.loss.last_temperature
+        return None if tau is None else float(tau.float().mean())
+
+
+_KA = ("none", "ps", "lsr")
+_SCALE = ("tau2", "none")
+
+register_term(
+    TermEntry(
+        "ce",
+        CrossEntropyTerm,
+        {"label_smoothing": Field(0.0, float, "label smoothing of the hard-label CE", check=unit_interval)},
+        "cross-entropy with the ground-truth labels",
+    )
+)
+register_term(
+    TermEntry(
+        "kd",
+        KDTerm,
+        {
+            "temperature": Field(4.0, float, "softmax temperature T", check=positive),
+            "ka": Field("none", str, "knowledge adjustment of the teacher target", choices=_KA),
+            "lsr_p": Field(0.9, float, "correct-class probability of ka=lsr", check=unit_interval),
+            "scale": Field("tau2", str, "multiply by T^2 (Hinton) or not", choices=_SCALE),
+        },
+        "Hinton's KD: T^2 * KL(teacher || student) at temperature T",
+    )
+)
+register_term(
+    TermEntry(
+        "dtd_ka",
+        DTDKATerm,
+        {
+            "t0": Field(4.0, float, "base temperature T0", check=positive),
+            "beta": Field(1.0, float, "temperature spread: tau = T0 + beta * (mean(w) - w)"),
+            "gamma": Field(2.0, float, "FLSW focusing exponent", check=non_negative),
+            "mode": Field(
+                "flsw", str, "DTD weight: flsw (logit cosine) or cwsm (confidence)", choices=("flsw", "cwsm")
+            ),
+            "min_temperature": Field(0.1, float, "lower clamp of the per-sample temperature", check=positive),
+            "ka": Field("ps", str, "knowledge adjustment of the teacher target", choices=_KA),
+            "lsr_p": Field(0.9, float, "correct-class probability of ka=lsr", check=unit_interval),
+            "scale": Field("tau2", str, "multiply each row by tau^2 (Hinton) or not", choices=_SCALE),
+        },
+        "KD with dynamic per-sample temperatures (DTD) and knowledge adjustment (KA)",
+    )
+)
+
+
+def build_term(name: str, options: dict[str, Any]) -> LossTerm:
+    """Instantiate the registered term ``name`` from its resolved options section."""
+    from tskd_fast.distillers.registry import terms
+
+    return terms()[name].cls(**options)
+
+
+__all__ = ["CrossEntropyTerm", "DTDKATerm", "KDTerm", "LossTerm", "StepOutputs", "build_term"]

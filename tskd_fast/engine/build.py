@@ -1,0 +1,52 @@
+"""Config -> models and distiller: the student, the teacher (loaded and checked) and the method."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from tskd_fast.distillers import Distiller, get_method
+from tskd_fast.engine.errors import UserError
+from tskd_fast.models import build_model, load_checkpoint
+
+
+def build_student(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
+    """A freshly initialised ``student.name`` with ``num_classes`` outputs."""
+    return build_model(cfg["student"]["name"], num_classes)
+
+
+def build_teacher(name: str, checkpoint: str, num_classes: int) -> nn.Module:
+    """``name`` loaded from ``checkpoint`` (RepDistiller / mdistiller / torchvision / tskd-fast files).
+
+    Every problem (missing, corrupt or unsafe file, wrong architecture, a teacher trained for a
+    different number of classes) becomes one UserError that names ``teacher.checkpoint``.
+    """
+    model = build_model(name, num_classes)
+    try:
+        load_checkpoint(model, checkpoint)
+    except (FileNotFoundError, ValueError) as exc:
+        hint = ""
+        if "classes" in str(exc):
+            hint = f" (the dataset has {num_classes} classes)"
+        raise UserError(f"teacher.checkpoint: {exc}{hint}") from None
+    return model
+
+
+def needs_teacher(cfg: Mapping[str, Any]) -> bool:
+    """Whether the configured method / loss terms use a teacher."""
+    from tskd_fast.distillers.registry import terms
+
+    table = terms()
+    method = get_method(cfg["distiller"]["name"])
+    return method.needs_teacher or any(
+        w and (table[k].cls.needs_teacher or table[k].cls.needs_teacher_features)
+        for k, w in cfg["distiller"]["terms"].items()
+    )
+
+
+def build_distiller(cfg: Mapping[str, Any], student: nn.Module, teacher: nn.Module | None) -> Distiller:
+    """The method's Distiller over ``student`` and the frozen ``teacher``."""
+    method = get_method(cfg["distiller"]["name"])
+    return method.cls.from_config(student, teacher, cfg["distiller"], method.name)
