@@ -43,35 +43,56 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _train_parser(prog: str = "tskd-fast train") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tskd-fast", description="Knowledge distillation with fused kernels: training front-end."
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    train = sub.add_parser(
-        "train",
-        help="train / distil (no arguments: the embedded default teacher -> student run)",
+        prog=prog,
         description="Train a teacher, a distilled student or a baseline from a YAML config. Without "
         "--config: the default run on the embedded shapes dataset (teacher, KD student, baseline).",
     )
-    add_train_arguments(train)
-    train.set_defaults(func=run_train)
-    lister = sub.add_parser("list", help="list methods, datasets, models and packaged configs")
-    lister.add_argument(
+    add_train_arguments(parser)
+    return parser
+
+
+def _list_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tskd-fast list", description="List what the configs can name.")
+    parser.add_argument(
         "what", nargs="?", default="all", choices=("all", "methods", "datasets", "models", "configs")
     )
-    lister.set_defaults(func=_list)
+    return parser
+
+
+COMMANDS = {
+    "train": (
+        _train_parser,
+        run_train,
+        "train / distil (no arguments: the embedded default teacher -> student run)",
+    ),
+    "list": (_list_parser, _list, "list methods, datasets, models and packaged configs"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser (for --help); each command parses its own arguments."""
+    parser = argparse.ArgumentParser(
+        prog="tskd-fast", description="Knowledge distillation with fused kernels: training front-end."
+    )
+    parser.add_argument(
+        "command", choices=list(COMMANDS), help="; ".join(f"{k}: {v[2]}" for k, v in COMMANDS.items())
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``tskd-fast``); returns the exit code: 0 ok, 2 bad input, 1 failure."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        # Prints usage (and exits 0 for --help, 2 for anything else).
+        build_parser().parse_args(argv[:1] if argv else ["--help"])
         return 2
-    return guarded(args.func, args)
+    make_parser, run, _ = COMMANDS[argv[0]]
+    # Intermixed: options may come after key=value overrides (``... solver.lr=0.1 --resume``).
+    args = make_parser().parse_intermixed_args(argv[1:])
+    return guarded(run, args)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m tskd_fast.train``; returns the exit code (2 for bad input)."""
     parser = argparse.ArgumentParser(prog="python -m tskd_fast.train", description=__doc__.splitlines()[0])
     add_train_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     return guarded(run_train, args)
 
 

@@ -26,7 +26,12 @@ def build_teacher(name: str, checkpoint: str, num_classes: int) -> nn.Module:
     model = build_model(name, num_classes)
     try:
         load_checkpoint(model, checkpoint)
-    except (FileNotFoundError, ValueError) as exc:
+    except FileNotFoundError as exc:
+        raise UserError(
+            f"teacher.checkpoint: {exc}. Train the teacher first (a vanilla config, or teacher.train=true), or "
+            "point teacher.checkpoint at a RepDistiller / mdistiller / torchvision weight file"
+        ) from None
+    except ValueError as exc:
         hint = ""
         if "classes" in str(exc):
             hint = f" (the dataset has {num_classes} classes)"

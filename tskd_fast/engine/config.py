@@ -295,7 +295,15 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> dict[
     Returns the complete nested config dict. Raises ConfigError with a one-line explanation.
     """
     raw = read_yaml(find_config(path) if path is not None else default_config_path())
-    return resolve_config(apply_overrides(raw, overrides))
+    merged = apply_overrides(raw, overrides)
+    # Term weights in a file belong to the method named in that file: an override that switches the
+    # method starts from the new method's default weights (``distiller.terms.*`` overrides still apply).
+    file_method = (raw.get("distiller") or {}).get("name") if isinstance(raw.get("distiller"), dict) else None
+    new_method = (merged.get("distiller") or {}).get("name") if isinstance(merged.get("distiller"), dict) else None
+    if new_method != file_method and isinstance((raw.get("distiller") or {}).get("terms"), dict):
+        overridden = apply_overrides({}, [o for o in overrides if o.strip().startswith("distiller.terms")])
+        merged["distiller"]["terms"] = (overridden.get("distiller") or {}).get("terms", {})
+    return resolve_config(merged)
 
 
 def resolve_config(raw: Mapping[str, Any]) -> dict[str, Any]:

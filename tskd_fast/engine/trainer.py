@@ -153,6 +153,9 @@ class Trainer:
             splits.test, self.tcfg["eval_batch_size"], workers, ctx.rank, world, pin
         )
         self.iters_per_epoch = len(self.train_loader)
+        if self.device.type == "cuda":
+            # Fixed input shapes: let cuDNN pick the fastest convolution algorithms once.
+            torch.backends.cudnn.benchmark = True
 
     # -- set-up -----------------------------------------------------------------------------------
     def _prepare_modules(self) -> None:
