@@ -15,6 +15,24 @@ at::Tensor with_unit_class_stride(const at::Tensor& logits) {
   return logits.contiguous();
 }
 
+KernelLogits kernel_logits(const at::Tensor& student, const at::Tensor& teacher,
+                           const std::optional<at::Tensor>& target) {
+  KernelLogits out{with_unit_class_stride(student), with_unit_class_stride(teacher), std::nullopt};
+  if (target.has_value()) out.target = target->contiguous();
+  return out;
+}
+
+void check_labels_on_host(const at::Tensor& target, int64_t classes, int64_t ignore_index,
+                          const char* op) {
+  const at::Tensor labels = target.contiguous();
+  const int64_t* y = labels.data_ptr<int64_t>();
+  for (int64_t n = 0; n < labels.numel(); ++n) {
+    TORCH_CHECK(y[n] == ignore_index || (y[n] >= 0 && y[n] < classes), op, ": target[", n,
+                "] = ", y[n], " is out of range: labels must be in [0, ", classes,
+                ") or equal ignore_index (", ignore_index, ")");
+  }
+}
+
 void check_logit_pair(const at::Tensor& student, const at::Tensor& teacher, const char* op) {
   TORCH_CHECK(student.dim() == 2, op, ": student_logits must be 2-D (batch, classes), got ",
               student.dim(), "-D with shape ", student.sizes());

@@ -12,19 +12,10 @@ at::Tensor dtd_weight_cpu(const at::Tensor& student_in, const at::Tensor& teache
                           const std::optional<at::Tensor>& target_in, int64_t mode, double gamma,
                           int64_t ka, int64_t ignore_index) {
   check_dtd_weight_inputs(student_in, teacher_in, target_in, mode, gamma, ka);
-  const at::Tensor student = with_unit_class_stride(student_in);
-  const at::Tensor teacher = with_unit_class_stride(teacher_in);
-  std::optional<at::Tensor> target;
-  if (target_in.has_value()) target = target_in->contiguous();
+  const auto [student, teacher, target] = kernel_logits(student_in, teacher_in, target_in);
   const int64_t rows = student.size(0), classes = student.size(1);
   if (target.has_value() && ka != 0) {
-    const int64_t* y = target->data_ptr<int64_t>();
-    for (int64_t n = 0; n < rows; ++n) {
-      TORCH_CHECK(y[n] == ignore_index || (y[n] >= 0 && y[n] < classes),
-                  "tskd_fast::dtd_weight: target[", n, "] = ", y[n],
-                  " is out of range: labels must be in [0, ", classes, ") or equal ignore_index (",
-                  ignore_index, ")");
-    }
+    check_labels_on_host(*target, classes, ignore_index, "tskd_fast::dtd_weight");
   }
   at::Tensor weight =
       at::empty({rows}, student.options().dtype(opmath_type(student.scalar_type())));

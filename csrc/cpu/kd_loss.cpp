@@ -13,16 +13,6 @@
 namespace tskd_fast::cpu {
 namespace {
 
-void check_labels(const at::Tensor& target, int64_t classes, int64_t ignore_index) {
-  const int64_t* y = target.data_ptr<int64_t>();
-  for (int64_t n = 0; n < target.numel(); ++n) {
-    TORCH_CHECK(y[n] == ignore_index || (y[n] >= 0 && y[n] < classes),
-                "tskd_fast::kd_loss: target[", n, "] = ", y[n],
-                " is out of range: labels must be in [0, ", classes, ") or equal ignore_index (",
-                ignore_index, ")");
-  }
-}
-
 template <typename T>
 void check_temperature(const at::Tensor& temperature) {
   const T* t = temperature.data_ptr<T>();
@@ -41,13 +31,11 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cpu(const at::Tensor& student_in,
                                                double grad_scale) {
   check_kd_loss_inputs(student_in, teacher_in, target_in, temperature_in, ka, lsr_p, ce_weight,
                        grad_scale);
-  const at::Tensor student = with_unit_class_stride(student_in);
-  const at::Tensor teacher = with_unit_class_stride(teacher_in);
+  const auto [student, teacher, target] = kernel_logits(student_in, teacher_in, target_in);
   const at::Tensor temperature = temperature_in.contiguous();
-  std::optional<at::Tensor> target;
-  if (target_in.has_value()) target = target_in->contiguous();
   const int64_t rows = student.size(0), classes = student.size(1);
-  if (target.has_value()) check_labels(*target, classes, ignore_index);
+  if (target.has_value())
+    check_labels_on_host(*target, classes, ignore_index, "tskd_fast::kd_loss");
   if (temperature.scalar_type() == at::kDouble) {
     check_temperature<double>(temperature);
   } else {

@@ -48,10 +48,7 @@ at::Tensor dtd_weight_cuda(const at::Tensor& student_in, const at::Tensor& teach
                            int64_t ka, int64_t ignore_index) {
   check_dtd_weight_inputs(student_in, teacher_in, target_in, mode, gamma, ka);
   const c10::cuda::CUDAGuard device_guard(student_in.device());
-  const at::Tensor student = with_unit_class_stride(student_in);
-  const at::Tensor teacher = with_unit_class_stride(teacher_in);
-  std::optional<at::Tensor> target;
-  if (target_in.has_value()) target = target_in->contiguous();
+  const auto [student, teacher, target] = kernel_logits(student_in, teacher_in, target_in);
   const int64_t rows = student.size(0);
   TORCH_CHECK(rows <= INT_MAX, "tskd_fast::dtd_weight: at most ", INT_MAX,
               " rows on CUDA, student_logits has ", rows);

@@ -63,11 +63,8 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cuda(const at::Tensor& student_in,
   check_kd_loss_inputs(student_in, teacher_in, target_in, temperature_in, ka, lsr_p, ce_weight,
                        grad_scale);
   const c10::cuda::CUDAGuard device_guard(student_in.device());
-  const at::Tensor student = with_unit_class_stride(student_in);
-  const at::Tensor teacher = with_unit_class_stride(teacher_in);
+  const auto [student, teacher, target] = kernel_logits(student_in, teacher_in, target_in);
   const at::Tensor temperature = temperature_in.contiguous();
-  std::optional<at::Tensor> target;
-  if (target_in.has_value()) target = target_in->contiguous();
   const int64_t rows = student.size(0), classes = student.size(1);
   // One block per row at most (long rows), and in-row column arithmetic in 64 bits.
   TORCH_CHECK(rows <= INT_MAX, "tskd_fast::kd_loss: at most ", INT_MAX,

@@ -27,4 +27,19 @@ at::ScalarType opmath_type(at::ScalarType dtype);
 // Row-major view with unit stride along classes; copies only when the classes are strided.
 at::Tensor with_unit_class_stride(const at::Tensor& logits);
 
+// The checked inputs as the kernels read them: logits with unit class stride (rows may be
+// strided), the target contiguous.
+struct KernelLogits {
+  at::Tensor student;
+  at::Tensor teacher;
+  std::optional<at::Tensor> target;
+};
+KernelLogits kernel_logits(const at::Tensor& student, const at::Tensor& teacher,
+                           const std::optional<at::Tensor>& target);
+
+// Labels in [0, classes) or ignore_index, read on the host: for CPU targets (CUDA kernels assert
+// on the device instead of synchronising).
+void check_labels_on_host(const at::Tensor& target, int64_t classes, int64_t ignore_index,
+                          const char* op);
+
 }  // namespace tskd_fast
