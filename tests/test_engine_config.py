@@ -160,3 +160,10 @@ def test_switching_method_starts_from_its_default_weights(tmp_path):
     assert load_config(str(path))["distiller"]["terms"] == {"ce": 1.0, "kd": 1.0, "dtd_ka": 0.0}
     switched = load_config(str(path), ["distiller.name=dtd_ka", "distiller.terms.ce=0.5"])
     assert switched["distiller"]["terms"] == {"ce": 0.5, "kd": 0.0, "dtd_ka": 0.9}
+
+
+def test_switching_dataset_drops_the_files_dataset_options():
+    cfg = load_config(None, ["dataset.name=cifar10"])
+    assert "shapes" not in cfg["dataset"] and cfg["dataset"]["name"] == "cifar10"
+    kept = load_config(None, ["dataset.name=imagefolder", "dataset.imagefolder.image_size=64"])
+    assert kept["dataset"]["imagefolder"]["image_size"] == 64

@@ -14,7 +14,7 @@ from the same shape/texture vocabulary, pixel noise, and a fraction ``label_nois
 labels replaced by random classes (the test split is always clean).
 
 The images are a pure function of the arguments (NumPy's PCG64 generator), so every machine builds
-the same dataset; generating the default 10,000 + 2,000 images takes about a second, and the arrays
+the same dataset; generating the default 5,000 + 2,000 images takes about two seconds, and the arrays
 are kept in memory (no files are written).
 """
 
@@ -34,10 +34,10 @@ class ShapesSpec:
 
     num_shapes: int = 5
     num_textures: int = 4
-    train_size: int = 10000
+    train_size: int = 5000
     test_size: int = 2000
     label_noise: float = 0.0
-    clutter: float = 1.0
+    clutter: float = 0.5
     seed: int = 0
 
     @property
@@ -121,6 +121,7 @@ def _draw_objects(
     texture: np.ndarray,
     scale_range: tuple[float, float],
     size: int,
+    opacity: float = 1.0,
 ) -> None:
     """Paint one object per image onto canvas (N, H, W, 3) float in place."""
     n = canvas.shape[0]
@@ -135,8 +136,8 @@ def _draw_objects(
     u, v = cos * dx + sin * dy, -sin * dx + cos * dy
     # Soft edges (about one pixel wide) so shapes are antialiased rather than jagged.
     edge = (2.0 / size) / scale
-    alpha = np.clip(_shape_inside(shape, u, v) / edge + 0.5, 0.0, 1.0)
-    freq = rng.uniform(7.0, 11.0, n).astype(np.float32)[:, None, None]
+    alpha = np.clip(_shape_inside(shape, u, v) / edge + 0.5, 0.0, 1.0) * opacity
+    freq = rng.uniform(5.5, 8.0, n).astype(np.float32)[:, None, None]
     pattern = _texture(texture, u, v, freq)
     c1 = _random_colours(rng, n).astype(np.float32)[:, None, None, :]
     c2 = _random_colours(rng, n).astype(np.float32)[:, None, None, :]
@@ -182,8 +183,8 @@ def generate(spec: ShapesSpec, split: str) -> tuple[np.ndarray, np.ndarray]:
             # The distractor uses the same vocabulary as the classes, so no single cue is enough.
             d_shape = rng.integers(0, spec.num_shapes, m)
             d_texture = rng.integers(0, spec.num_textures, m)
-            _draw_objects(rng, canvas, d_shape, d_texture, (0.18, 0.28), size)
-        _draw_objects(rng, canvas, shape[start:stop], texture[start:stop], (0.3, 0.5), size)
+            _draw_objects(rng, canvas, d_shape, d_texture, (0.18, 0.28), size, min(1.0, spec.clutter))
+        _draw_objects(rng, canvas, shape[start:stop], texture[start:stop], (0.38, 0.58), size)
         gain = rng.uniform(0.7, 1.2, (m, 1, 1, 1)).astype(np.float32)
         canvas = canvas * gain + rng.normal(0.0, 0.06, canvas.shape).astype(np.float32)
         images[start:stop] = np.clip(canvas * 255.0 + 0.5, 0, 255).astype(np.uint8)

@@ -10,8 +10,9 @@ Top-level sections (``tskd-fast train --help-config`` prints every key with its 
   ``model_final.pth``) or ``teacher.train: true`` to train the teacher first (with ``teacher.solver``
   overriding ``solver`` keys that are not null).
 * ``distiller``: name (method registry), ``terms`` (weight of each loss term; 0 = off; the
-  method sets the defaults), and one options section per loss term (``distiller.kd.temperature``)
-  plus the method's own section if it has one.
+  method sets the defaults, a config's ``terms`` are merged over them, and switching
+  ``distiller.name`` by an override starts again from the new method's defaults), one options
+  section per loss term (``distiller.kd.temperature``), plus the method's own section if any.
 * ``solver``: SGD recipe (epochs, global batch size, lr, momentum, nesterov, weight decay, multistep
   or cosine schedule, linear warmup).
 * ``trainer``: device, AMP, progress bars, TensorBoard, eval batch size, stop_after.
@@ -289,6 +290,34 @@ def default_output_dir(cfg: Mapping[str, Any]) -> str:
     return os.path.join("runs", cfg["dataset"]["name"], cfg["distiller"]["name"], pair)
 
 
+def _name_of(data: Mapping[str, Any], section: str) -> Any:
+    sec = data.get(section)
+    return sec.get("name") if isinstance(sec, Mapping) else None
+
+
+def _drop_stale_sections(raw: Mapping[str, Any], merged: dict[str, Any], overrides: Sequence[str]) -> None:
+    """Settings in a file that belong to the dataset or method named in that file are dropped when an
+    override switches to another one: the term weights and the method's own options
+    (``distiller.terms``, ``distiller.<method>``) and the dataset's options (``dataset.<name>``).
+    Overrides of those keys on the same command line still apply."""
+    from tskd_fast.distillers.registry import terms
+
+    for section, stale in (("dataset", lambda old: [old]), ("distiller", lambda old: ["terms", old])):
+        old, new = _name_of(raw, section), _name_of(merged, section)
+        if old is None or new == old:
+            continue
+        for key in stale(old):
+            if section == "distiller" and key in terms():
+                continue  # a loss term's options are shared by every method
+            if key in merged[section]:
+                again = [o for o in overrides if o.strip().startswith(f"{section}.{key}.")]
+                kept = apply_overrides({}, again).get(section, {}).get(key)
+                if kept is None:
+                    del merged[section][key]
+                else:
+                    merged[section][key] = kept
+
+
 def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Read ``path`` (None: the default run's config), apply overrides, validate, fill defaults.
 
@@ -296,13 +325,7 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> dict[
     """
     raw = read_yaml(find_config(path) if path is not None else default_config_path())
     merged = apply_overrides(raw, overrides)
-    # Term weights in a file belong to the method named in that file: an override that switches the
-    # method starts from the new method's default weights (``distiller.terms.*`` overrides still apply).
-    file_method = (raw.get("distiller") or {}).get("name") if isinstance(raw.get("distiller"), dict) else None
-    new_method = (merged.get("distiller") or {}).get("name") if isinstance(merged.get("distiller"), dict) else None
-    if new_method != file_method and isinstance((raw.get("distiller") or {}).get("terms"), dict):
-        overridden = apply_overrides({}, [o for o in overrides if o.strip().startswith("distiller.terms")])
-        merged["distiller"]["terms"] = (overridden.get("distiller") or {}).get("terms", {})
+    _drop_stale_sections(raw, merged, overrides)
     return resolve_config(merged)
 
 

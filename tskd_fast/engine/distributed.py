@@ -40,14 +40,6 @@ class DistContext:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
-    def all_ok(self, ok: bool) -> bool:
-        """True only if every process passes ``ok`` (so all ranks take the same branch)."""
-        if not self.enabled:
-            return ok
-        flag = torch.tensor([0.0 if ok else 1.0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.SUM)
-        return bool(flag.item() == 0)
-
     @contextlib.contextmanager
     def main_first(self) -> Iterator[None]:
         """Run the body on rank 0 first (e.g. a download), then on the other ranks."""

@@ -205,7 +205,8 @@ class Trainer:
                     f"{self.label}: resuming with {self.ctx.world_size} processes (saved with "
                     f"{state.get('world_size')}): the data order differs from an uninterrupted run"
                 )
-            say(f"{self.label}: resuming {self.run_dir} after epoch {epoch}/{self.solver['epochs']}")
+            if self.ctx.is_main:
+                say(f"{self.label}: resuming {self.run_dir} after epoch {epoch}/{self.solver['epochs']}")
         elif d.teacher is not None and d.needs_teacher():
             teacher_top1 = evaluate(
                 d.teacher, self.test_loader, self.ctx, self.tcfg["channels_last"], self.dtype
