@@ -122,6 +122,10 @@ def run_stage(
                 f"{stage.label}: reusing the finished run in {stage.run_dir} (same config; --overwrite retrains)"
             )
         return _result_from_state(stage, plan.state)
+    given = cfg["teacher"]["checkpoint"]
+    if needs_teacher(cfg) and given is not None and not os.path.isfile(given):
+        # Before touching the data (possibly a long download): a missing teacher is the common slip.
+        build_teacher(cfg["teacher"]["name"], given, 1)
     if ctx.is_main:
         check_writable(stage.run_dir)
     ctx.barrier()
@@ -198,16 +202,17 @@ def format_summary(results: list[RunResult]) -> str:
     """A small table of the test accuracies, plus the gain of distillation over the baseline."""
     lines = ["", "results (test split, top-1 % after the last epoch; best epoch in brackets):"]
     teacher_shown = any(r.label == "teacher" for r in results)
+    width = max([len(f"{r.model} {r.method}") for r in results] + [20])
     for r in results:
         if r.teacher_top1 is not None and not teacher_shown:
-            lines.append(f"  {'teacher':9s} {'(loaded)':20s} {r.teacher_top1:6.2f}")
+            lines.append(f"  {'teacher':9s} {'(loaded)':{width}s} {r.teacher_top1:6.2f}")
             teacher_shown = True
         acc = f"{r.top1:6.2f}" if r.top1 is not None else "   n/a"
         best = f" [{r.best_top1:.2f}]" if r.best_top1 is not None else ""
         state = "" if r.finished else f"  (unfinished: {r.epochs_done}/{r.epochs} epochs)"
         how = "reused" if r.reused else f"{r.wall_s:.0f}s"
         lines.append(
-            f"  {r.label:9s} {r.model + ' ' + r.method:20s} {acc}{best}  ({how}, {r.run_dir}){state}"
+            f"  {r.label:9s} {r.model + ' ' + r.method:{width}s} {acc}{best}  ({how}, {r.run_dir}){state}"
         )
     by = {r.label: r for r in results}
     if (
