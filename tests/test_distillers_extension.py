@@ -1,12 +1,20 @@
 """The registry is open: a method with an adapter, a feature loss term, a warmup schedule, extra
 state and its own parameter group is one register call and one config, and trains and resumes."""
 
+import pytest
 import torch
 from torch import nn
 
 from tskd_fast.cli import main
-from tskd_fast.distillers import Distiller, LossTerm, MethodEntry, TermEntry, register_method, register_term
-from tskd_fast.distillers.registry import methods, terms
+from tskd_fast.distillers import (
+    Distiller,
+    LossTerm,
+    MethodEntry,
+    TermEntry,
+    register_method,
+    register_term,
+    registry,
+)
 from tskd_fast.engine.checkpoint import CHECKPOINT, load_state
 from tskd_fast.engine.schema import Field
 
@@ -58,11 +66,14 @@ class AdapterDistiller(Distiller):
         self.steps.copy_(state["steps"])
 
 
-if "pooled_mse" not in terms():
+@pytest.fixture
+def toy_method(monkeypatch):
+    """Register the toy term and method for one test only (the registries are restored after)."""
+    monkeypatch.setattr(registry, "_TERMS", dict(registry._TERMS))
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
     register_term(
         TermEntry("pooled_mse", PooledFeatureMSE, {"normalise": Field(True, bool, "unit-normalise")})
     )
-if "toy_adapter" not in methods():
     register_method(
         MethodEntry(
             "toy_adapter",
@@ -75,6 +86,7 @@ if "toy_adapter" not in methods():
             },
         )
     )
+
 
 CONFIG = """
 dataset: {name: shapes, num_workers: 0, shapes: {train_size: 96, test_size: 32}}
@@ -89,7 +101,7 @@ trainer: {progress: false, tensorboard: false}
 """
 
 
-def test_extension_method_trains_and_resumes(tmp_path, capsys):
+def test_extension_method_trains_and_resumes(tmp_path, toy_method):
     from tskd_fast.models import build_model
 
     torch.manual_seed(0)
