@@ -11,10 +11,15 @@ that share a shape or a texture look alike; that similarity structure is what a 
 labels carry and plain one-hot labels do not. Nuisances that carry no label information: position,
 size, rotation, the two fill colours, a smooth random background, a smaller distractor object drawn
 from the same shape/texture vocabulary, pixel noise, and a fraction ``label_noise`` of training
-labels replaced by random classes (the test split is always clean).
+labels replaced by random classes (the test split is always clean). ``clutter`` scales the
+background and the distractor (default 0.5; 1.0 is much harder).
+
+In the default run (resnet20 teacher, resnet8 student, 8 short epochs each on 5,000 images) the
+models are far from converged, and the teacher's soft labels make the student learn much faster:
+measured on a 2-core CPU, teacher 72.8%, KD student 62.6%, the same student alone 45.0% (seeds 0-2).
 
 The images are a pure function of the arguments (NumPy's PCG64 generator), so every machine builds
-the same dataset; generating the default 5,000 + 2,000 images takes about two seconds, and the arrays
+the same dataset; generating the default 5,000 + 2,000 images takes a few seconds, and the arrays
 are kept in memory (no files are written).
 """
 
