@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tskd_fast.distillers.registry import TermEntry, register_term
-from tskd_fast.engine.schema import Field, non_negative, positive, unit_interval
+from tskd_fast.engine.schema import Field, non_negative, positive, probability, unit_interval
 from tskd_fast.models import FeatureDict
 from tskd_fast.nn import DTDKDLoss, KDLoss
 
@@ -136,7 +136,7 @@ register_term(
         {
             "temperature": Field(4.0, float, "softmax temperature T", check=positive),
             "ka": Field("none", str, "knowledge adjustment of the teacher target", choices=_KA),
-            "lsr_p": Field(0.9, float, "correct-class probability of ka=lsr", check=unit_interval),
+            "lsr_p": Field(0.9, float, "correct-class probability of ka=lsr", check=probability),
             "scale": Field("tau2", str, "multiply by T^2 (Hinton) or not", choices=_SCALE),
         },
         "Hinton's KD: T^2 * KL(teacher || student) at temperature T",
@@ -155,7 +155,7 @@ register_term(
             ),
             "min_temperature": Field(0.1, float, "lower clamp of the per-sample temperature", check=positive),
             "ka": Field("ps", str, "knowledge adjustment of the teacher target", choices=_KA),
-            "lsr_p": Field(0.9, float, "correct-class probability of ka=lsr", check=unit_interval),
+            "lsr_p": Field(0.9, float, "correct-class probability of ka=lsr", check=probability),
             "scale": Field("tau2", str, "multiply each row by tau^2 (Hinton) or not", choices=_SCALE),
         },
         "KD with dynamic per-sample temperatures (DTD) and knowledge adjustment (KA)",

@@ -52,6 +52,11 @@ def unit_interval(value: Any) -> str | None:
     return None if value is None or 0.0 <= value <= 1.0 else f"must be in [0, 1], got {value}"
 
 
+def probability(value: Any) -> str | None:
+    """A probability the target puts on the label: in (0, 1]."""
+    return None if value is None or 0.0 < value <= 1.0 else f"must be in (0, 1], got {value}"
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
