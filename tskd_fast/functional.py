@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from tskd_fast import reference
-from tskd_fast.ops import KA_MODES, dtd_weight_op, kd_loss_op, resolve_backend
+from tskd_fast.ops import KA_MODES, call_kd_loss, dtd_weight_op, kd_loss_op, resolve_backend
 
 __all__ = ["kd_loss", "dtd_temperature", "dtd_weight"]
 
@@ -163,7 +163,8 @@ def kd_loss(
     rows = student_logits.shape[0]
     # The batchmean factor goes into the gradient the kernel writes (see tskd_fast.ops.kd_loss).
     grad_scale = 1.0 / rows if reduction == "batchmean" else 1.0
-    row_loss, _ = kd_loss_op(chosen)(
+    row_loss, _ = call_kd_loss(
+        kd_loss_op(chosen),
         student_logits,
         teacher,
         target,

@@ -12,9 +12,17 @@ import torch
 
 from tskd_fast.ops import _extension
 from tskd_fast.ops.backend import BACKENDS, resolve_backend, triton_available
-from tskd_fast.ops.kd_loss import KA_MODES, dtd_weight_fake, register_kd_loss_op
+from tskd_fast.ops.kd_loss import KA_MODES, call_kd_loss, dtd_weight_fake, register_kd_loss_op
 
-__all__ = ["BACKENDS", "KA_MODES", "resolve_backend", "kd_loss_op", "dtd_weight_op", "triton_available"]
+__all__ = [
+    "BACKENDS",
+    "KA_MODES",
+    "call_kd_loss",
+    "dtd_weight_op",
+    "kd_loss_op",
+    "resolve_backend",
+    "triton_available",
+]
 
 if _extension.has_cpu_kernels():
     register_kd_loss_op("tskd_fast::kd_loss")

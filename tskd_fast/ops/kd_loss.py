@@ -94,6 +94,33 @@ def kd_loss_backward(ctx, grad_row_loss: torch.Tensor | None, grad_row_grad: tor
     return (grad_student, *rest)
 
 
+class _EagerKdLoss(torch.autograd.Function):
+    """The registered autograd formula (kd_loss_setup_context, kd_loss_backward) applied directly.
+
+    torch.library's generic autograd wrapper rebuilds the op's argument list from its schema on
+    every call, about 50 us: as long as the whole kernel at (128, 100). Eager calls take this
+    path; traced ones (torch.compile, export, opcheck) the registered autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, op, *args):
+        with torch._C._AutoDispatchBelowAutograd():  # straight to the device kernel
+            out = op(*args)
+        kd_loss_setup_context(ctx, args, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_row_loss, grad_row_grad):
+        return (None, *kd_loss_backward(ctx, grad_row_loss, grad_row_grad))
+
+
+def call_kd_loss(op, *args) -> tuple[torch.Tensor, torch.Tensor]:
+    """op(*args) for any backend's kd_loss op, with the lighter autograd path when eager."""
+    if args[0].requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return _EagerKdLoss.apply(op, *args)
+    return op(*args)
+
+
 def register_kd_loss_op(op) -> None:
     """Attach the shared fake kernel and autograd formula to one backend's kd_loss op."""
     torch.library.register_fake(op, kd_loss_fake)
