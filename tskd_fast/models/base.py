@@ -76,6 +76,34 @@ def run_stage(stage: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor]:
     return stage[last](x, return_preact=True)
 
 
+def run_stages(x: Tensor, stages: tuple[nn.Sequential, ...]) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """The stem output x (B, C0, H, W) through ``stages`` (each by run_stage).
+
+    Returns (last stage output, feats, preact_feats), both lists starting with the stem output.
+    """
+    feats, preacts = [x], [x]
+    for stage in stages:
+        x, pre = run_stage(stage, x)
+        feats.append(x)
+        preacts.append(pre)
+    return x, feats, preacts
+
+
+def classify(
+    final: Tensor,
+    classifier: nn.Module,
+    feats: list[Tensor],
+    preacts: list[Tensor],
+    with_features: bool,
+) -> tuple[Tensor, FeatureDict | None]:
+    """Pool the final map (B, C, H, W), apply the classifier: (logits, FeatureDict or None)."""
+    pooled = global_pool(final)
+    logits = classifier(pooled)
+    if not with_features:
+        return logits, None
+    return logits, FeatureDict(feats=feats, preact_feats=preacts, pooled_feat=pooled)
+
+
 def global_pool(x: Tensor) -> Tensor:
     """(B, C, H, W) -> (B, C) spatial mean.
 

@@ -8,7 +8,13 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tskd_fast.models.base import FeatureDict, FeatureModel, global_pool, init_msra_conv_bn, run_stage
+from tskd_fast.models.base import (
+    FeatureDict,
+    FeatureModel,
+    classify,
+    init_msra_conv_bn,
+    run_stages,
+)
 
 
 class CifarBasicBlock(nn.Module):
@@ -68,17 +74,9 @@ class CifarResNet(FeatureModel):
         init_msra_conv_bn(self)
 
     def _logits_and_features(self, x: Tensor, with_features: bool) -> tuple[Tensor, FeatureDict | None]:
-        x = F.relu(self.bn1(self.conv1(x)))
-        feats, preacts = [x], [x]
-        for stage in (self.layer1, self.layer2, self.layer3):
-            x, pre = run_stage(stage, x)
-            feats.append(x)
-            preacts.append(pre)
-        pooled = global_pool(x)
-        logits = self.fc(pooled)
-        if not with_features:
-            return logits, None
-        return logits, FeatureDict(feats=feats, preact_feats=preacts, pooled_feat=pooled)
+        stem = F.relu(self.bn1(self.conv1(x)))
+        x, feats, preacts = run_stages(stem, (self.layer1, self.layer2, self.layer3))
+        return classify(x, self.fc, feats, preacts, with_features)
 
 
 def _make(depth: int, widths: tuple[int, int, int, int]) -> Callable[[int], CifarResNet]:

@@ -6,7 +6,13 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tskd_fast.models.base import FeatureDict, FeatureModel, global_pool, init_msra_conv_bn, run_stage
+from tskd_fast.models.base import (
+    FeatureDict,
+    FeatureModel,
+    classify,
+    init_msra_conv_bn,
+    run_stages,
+)
 
 
 def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
@@ -104,17 +110,9 @@ class CifarResNetV2(FeatureModel):
                     nn.init.zeros_(m.bn2.weight)
 
     def _logits_and_features(self, x: Tensor, with_features: bool) -> tuple[Tensor, FeatureDict | None]:
-        x = F.relu(self.bn1(self.conv1(x)))
-        feats, preacts = [x], [x]
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x, pre = run_stage(stage, x)
-            feats.append(x)
-            preacts.append(pre)
-        pooled = global_pool(x)
-        logits = self.linear(pooled)
-        if not with_features:
-            return logits, None
-        return logits, FeatureDict(feats=feats, preact_feats=preacts, pooled_feat=pooled)
+        stem = F.relu(self.bn1(self.conv1(x)))
+        x, feats, preacts = run_stages(stem, (self.layer1, self.layer2, self.layer3, self.layer4))
+        return classify(x, self.linear, feats, preacts, with_features)
 
 
 def ResNet18(num_classes: int, zero_init_residual: bool = False) -> CifarResNetV2:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tskd_fast.models.base import FeatureDict, FeatureModel, global_pool, run_stage
+from tskd_fast.models.base import FeatureDict, FeatureModel, classify, run_stages
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
@@ -82,17 +82,9 @@ class ShuffleNetV1(FeatureModel):
         self._classifier_attr = "linear"
 
     def _logits_and_features(self, x: Tensor, with_features: bool) -> tuple[Tensor, FeatureDict | None]:
-        x = F.relu(self.bn1(self.conv1(x)))
-        feats, preacts = [x], [x]
-        for stage in (self.layer1, self.layer2, self.layer3):
-            x, pre = run_stage(stage, x)
-            feats.append(x)
-            preacts.append(pre)
-        pooled = global_pool(x)
-        logits = self.linear(pooled)
-        if not with_features:
-            return logits, None
-        return logits, FeatureDict(feats=feats, preact_feats=preacts, pooled_feat=pooled)
+        stem = F.relu(self.bn1(self.conv1(x)))
+        x, feats, preacts = run_stages(stem, (self.layer1, self.layer2, self.layer3))
+        return classify(x, self.linear, feats, preacts, with_features)
 
 
 def ShuffleV1(num_classes: int) -> ShuffleNetV1:

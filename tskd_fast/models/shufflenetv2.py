@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tskd_fast.models.base import FeatureDict, FeatureModel, global_pool, run_stage
+from tskd_fast.models.base import FeatureDict, FeatureModel, classify, run_stages
 from tskd_fast.models.shufflenetv1 import channel_shuffle
 
 # Stage widths (3 stages + head) and units per stage, by net size; RepDistiller's ShuffleV2 is 1.
@@ -111,17 +111,9 @@ class ShuffleNetV2(FeatureModel):
         self._classifier_attr = "linear"
 
     def _logits_and_features(self, x: Tensor, with_features: bool) -> tuple[Tensor, FeatureDict | None]:
-        x = F.relu(self.bn1(self.conv1(x)))
-        feats, preacts = [x], [x]
-        for stage in (self.layer1, self.layer2, self.layer3):
-            x, pre = run_stage(stage, x)
-            feats.append(x)
-            preacts.append(pre)
-        pooled = global_pool(F.relu(self.bn2(self.conv2(x))))
-        logits = self.linear(pooled)
-        if not with_features:
-            return logits, None
-        return logits, FeatureDict(feats=feats, preact_feats=preacts, pooled_feat=pooled)
+        stem = F.relu(self.bn1(self.conv1(x)))
+        x, feats, preacts = run_stages(stem, (self.layer1, self.layer2, self.layer3))
+        return classify(F.relu(self.bn2(self.conv2(x))), self.linear, feats, preacts, with_features)
 
 
 def ShuffleV2(num_classes: int, net_size: float = 1.0) -> ShuffleNetV2:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tskd_fast.models.base import FeatureDict, FeatureModel, global_pool, init_msra_conv_bn
+from tskd_fast.models.base import FeatureDict, FeatureModel, classify, init_msra_conv_bn
 
 # Output widths of the convs in each of the five blocks.
 VGG_CONFIGS: dict[str, list[list[int]]] = {
@@ -66,11 +66,7 @@ class VGG(FeatureModel):
             x = F.relu(pre)
             feats.append(x)
             preacts.append(pre)
-        pooled = global_pool(x)
-        logits = self.classifier(pooled)
-        if not with_features:
-            return logits, None
-        return logits, FeatureDict(feats=feats, preact_feats=preacts, pooled_feat=pooled)
+        return classify(x, self.classifier, feats, preacts, with_features)
 
 
 def _make(name: str) -> Callable[[int], VGG]:
