@@ -84,20 +84,16 @@ def plan_stages(cfg: Mapping[str, Any]) -> list[Stage]:
 
 
 def _result_from_state(stage: Stage, state: Mapping[str, Any]) -> RunResult:
-    history = state["history"]
-    last = history[-1] if history else {}
-    return RunResult(
-        label=stage.label,
-        run_dir=stage.run_dir,
-        model=stage.cfg["student"]["name"],
-        method=stage.cfg["distiller"]["name"],
-        epochs_done=state["epoch"],
-        epochs=state["epochs"],
-        top1=last.get("test_top1"),
-        top5=last.get("test_top5"),
-        best_top1=state.get("best_top1"),
-        teacher_top1=state.get("teacher_top1"),
-        wall_s=state.get("wall_s", 0.0),
+    return RunResult.from_history(
+        stage.label,
+        stage.run_dir,
+        stage.cfg,
+        state["history"],
+        state["epoch"],
+        state["epochs"],
+        state.get("best_top1"),
+        state.get("teacher_top1"),
+        state.get("wall_s", 0.0),
         reused=True,
     )
 

@@ -55,6 +55,37 @@ class RunResult:
     def finished(self) -> bool:
         return self.epochs_done >= self.epochs
 
+    @classmethod
+    def from_history(
+        cls,
+        label: str,
+        run_dir: str,
+        cfg: Mapping[str, Any],
+        history: list[dict[str, Any]],
+        epochs_done: int,
+        epochs: int,
+        best_top1: float | None,
+        teacher_top1: float | None,
+        wall_s: float,
+        reused: bool = False,
+    ) -> RunResult:
+        """The result of a run from its per-epoch history (the last row's test accuracies)."""
+        last = history[-1] if history else {}
+        return cls(
+            label=label,
+            run_dir=run_dir,
+            model=cfg["student"]["name"],
+            method=cfg["distiller"]["name"],
+            epochs_done=epochs_done,
+            epochs=epochs,
+            top1=last.get("test_top1"),
+            top5=last.get("test_top5"),
+            best_top1=best_top1,
+            teacher_top1=teacher_top1,
+            wall_s=wall_s,
+            reused=reused,
+        )
+
 
 @torch.no_grad()
 def evaluate(
@@ -253,19 +284,16 @@ class Trainer:
         if epoch >= epochs and self.ctx.is_main:
             self._save_final(epoch, history, teacher_top1)
         self.ctx.barrier()
-        last = history[-1] if history else {}
-        return RunResult(
-            label=self.label,
-            run_dir=self.run_dir,
-            model=self.cfg["student"]["name"],
-            method=self.cfg["distiller"]["name"],
-            epochs_done=epoch,
-            epochs=epochs,
-            top1=last.get("test_top1"),
-            top5=last.get("test_top5"),
-            best_top1=best,
-            teacher_top1=teacher_top1,
-            wall_s=wall_before + time.time() - start_time,
+        return RunResult.from_history(
+            self.label,
+            self.run_dir,
+            self.cfg,
+            history,
+            epoch,
+            epochs,
+            best,
+            teacher_top1,
+            wall_before + time.time() - start_time,
         )
 
     def _gather_rng(self) -> list[dict[str, Any]]:
