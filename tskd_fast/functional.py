@@ -11,6 +11,7 @@ import torch
 
 from tskd_fast import reference
 from tskd_fast.ops import KA_MODES, call_kd_loss, dtd_weight_op, kd_loss_op, resolve_backend
+from tskd_fast.reference.dtd import temperatures_from_weights
 
 __all__ = ["kd_loss", "dtd_temperature", "dtd_weight"]
 
@@ -247,6 +248,8 @@ def dtd_temperature(
     tau_n = t0 + beta * (mean_batch(w) - w_n) with w from dtd_weight (so the offsets sum to zero
     over the batch), then clamped below at min_temperature: a row the student finds hard (large
     w) gets a sharper target, and the clamp keeps tau > 0 when beta * w spreads more than t0.
+    Rows whose w is not finite (NaN or inf logits) stay out of the mean and get tau = t0: the
+    other rows are unaffected and every temperature stays valid (their loss is NaN anyway).
     """
     if not (t0 > 0 and t0 != float("inf")):
         raise ValueError(f"t0 must be finite and > 0, got {t0}")
@@ -255,4 +258,4 @@ def dtd_temperature(
     if beta != beta or abs(beta) == float("inf"):
         raise ValueError(f"beta must be finite, got {beta}")
     w = dtd_weight(student_logits, teacher_logits, mode, gamma, target, ka, ignore_index, backend)
-    return (t0 + beta * (w.mean() - w)).clamp_min(min_temperature)
+    return temperatures_from_weights(w, t0, beta, min_temperature)

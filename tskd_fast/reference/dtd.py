@@ -38,6 +38,23 @@ def dtd_weight(
     return gap.pow(gamma)
 
 
+def temperatures_from_weights(
+    w: torch.Tensor, t0: float, beta: float, min_temperature: float
+) -> torch.Tensor:
+    """tau_n = max(t0 + beta (mean(w) - w_n), min_temperature) from the DTD weights w (B,).
+
+    Rows whose weight is not finite (NaN or inf logits) are left out of the mean and get tau = t0,
+    so that one such row changes no other row's temperature (its loss is NaN anyway) and every
+    temperature stays finite and > 0: no error on the CPU, no device assert on CUDA. Decided on
+    the device, without a host sync.
+    """
+    finite = torch.isfinite(w)
+    count = finite.sum().clamp_min(1).to(w.dtype)
+    mean = torch.where(finite, w, 0.0).sum() / count
+    tau = torch.where(finite, t0 + beta * (mean - w), t0)
+    return tau.clamp_min(min_temperature)
+
+
 def dtd_temperature(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -50,7 +67,8 @@ def dtd_temperature(
     ka: str = "none",
     ignore_index: int = -100,
 ) -> torch.Tensor:
-    """tau_n = max(t0 + beta (mean(w) - w_n), min_temperature), (B,), without gradient."""
+    """tau_n = max(t0 + beta (mean(w) - w_n), min_temperature), (B,), without gradient; rows with a
+    non-finite w get t0 and stay out of the mean (temperatures_from_weights)."""
     with torch.no_grad():
         w = dtd_weight(student_logits, teacher_logits, target, mode, gamma, ka, ignore_index)
-        return (t0 + beta * (w.mean() - w)).clamp_min(min_temperature)
+        return temperatures_from_weights(w, t0, beta, min_temperature)

@@ -212,39 +212,62 @@ def _label_message(op: str, index: int, value: int, classes: int, ignore_index: 
     )
 
 
-def check_labels(target: torch.Tensor, classes: int, ignore_index: int, op: str) -> None:
-    """Labels in [0, classes) or ignore_index.
+def value_flag(device: torch.device) -> torch.Tensor:
+    """The kernels' error flag: (1,) int32 holding 1, which a kernel clears to 0 when a value check
+    (a label out of range, a temperature not finite and > 0) fails on any row."""
+    return torch.ones((1,), dtype=torch.int32, device=device)
 
-    On the CPU the data is at hand, so the first bad label is named. On CUDA, reading it would
-    synchronise the stream on every call; an asynchronous device assert checks the same condition
-    instead and fails the next synchronising call (with the CUDA assert's message). The kernels
-    also mask their label loads, so a bad label can never read out of bounds meanwhile.
-    """
+
+def name_bad_labels(target: torch.Tensor, classes: int, ignore_index: int, op: str) -> None:
+    """Raise naming the first label outside [0, classes) and != ignore_index (CPU tensors)."""
     bad = (target != ignore_index) & ((target < 0) | (target >= classes))
-    if target.device.type == "cpu":
-        if bool(bad.any()):
-            index = int(bad.nonzero()[0, 0])
-            raise RuntimeError(_label_message(op, index, int(target[index]), classes, ignore_index))
-        return
-    torch._assert_async(
-        ~bad.any(),
-        f"{op}: a target label is out of range: labels must be in [0, {classes}) "
-        f"or equal ignore_index ({ignore_index})",
-    )
+    if bool(bad.any()):
+        index = int(bad.nonzero()[0, 0])
+        raise RuntimeError(_label_message(op, index, int(target[index]), classes, ignore_index))
 
 
-def check_temperature_values(temperature: torch.Tensor, op: str) -> None:
-    """temperature > 0 and finite; named on the CPU, an asynchronous device assert on CUDA (as
-    check_labels, and for the same reason)."""
+def name_bad_temperatures(temperature: torch.Tensor, op: str) -> None:
+    """Raise naming the first temperature that is not finite and > 0 (CPU tensors)."""
     ok = (temperature > 0) & torch.isfinite(temperature)
-    if temperature.device.type == "cpu":
-        if not bool(ok.all()):
-            index = int((~ok).nonzero()[0, 0])
-            raise RuntimeError(
-                f"{op}: temperature[{index}] = {_num(float(temperature[index]))} must be finite and > 0"
-            )
+    if not bool(ok.all()):
+        index = int((~ok).nonzero()[0, 0])
+        raise RuntimeError(
+            f"{op}: temperature[{index}] = {_num(float(temperature[index]))} must be finite and > 0"
+        )
+
+
+def raise_if_flagged(
+    flag: torch.Tensor,
+    op: str,
+    target: torch.Tensor | None,
+    classes: int,
+    ignore_index: int,
+    temperature: torch.Tensor | None = None,
+) -> None:
+    """Act on the error flag a kernel wrote (see value_flag), as the C++ ops act on bad values.
+
+    On the CPU (the interpreter) the flag is read for free: when a kernel cleared it, the inputs are
+    searched for the first bad label, then the first bad temperature, and the error names it,
+    with the C++ CPU op's words. On CUDA, reading the flag would synchronise the stream on every
+    call, so one asynchronous device assert checks it instead, as the CUDA C++ kernels assert in
+    the kernel: the next synchronising call fails and the CUDA context is lost, as after any
+    device assert. `target`/`temperature` are None when the kernel did not check them.
+    """
+    if flag.device.type != "cpu":
+        what = "a target label is out of range (labels must be in [0, classes) or equal ignore_index)"
+        if temperature is not None:
+            what += " or a temperature is not finite and > 0"
+        torch._assert_async(flag, f"{op}: {what}")
         return
-    torch._assert_async(ok.all(), f"{op}: temperature must be finite and > 0")
+    if bool(flag[0]):
+        return
+    if target is not None:
+        name_bad_labels(target, classes, ignore_index, op)
+    if temperature is not None:
+        name_bad_temperatures(temperature, op)
+    raise RuntimeError(
+        f"{op}: the kernel flagged an invalid label or temperature that the host check did not find"
+    )
 
 
 def check_device_runs_triton(student: torch.Tensor, interpreted: bool, op: str) -> None:

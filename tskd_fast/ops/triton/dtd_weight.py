@@ -19,7 +19,7 @@ import triton.language as tl
 from tskd_fast.ops.kd_loss import dtd_weight_fake
 from tskd_fast.ops.triton import _checks
 from tskd_fast.ops.triton._config import RowBlockConfig, row_block_config
-from tskd_fast.ops.triton._launch import quiet_interpreter, runs_in_interpreter
+from tskd_fast.ops.triton._launch import on_device_of, quiet_interpreter, runs_in_interpreter
 from tskd_fast.ops.triton._rowmath import first_max_index, nan_as_inf, rescale_unit, shift
 
 OP_NAME = "tskd_fast::dtd_weight_triton"
@@ -39,6 +39,7 @@ def _dtd_weight_kernel(
     y_ptr,
     params_ptr,
     w_ptr,
+    flag_ptr,
     n_rows,
     n_cols,
     z_row_stride,
@@ -46,6 +47,7 @@ def _dtd_weight_kernel(
     ignore_index,
     gamma_arg,
     MODE: tl.constexpr,
+    CHECK_LABELS: tl.constexpr,
     SWAP: tl.constexpr,
     PARAMS_IN_MEMORY: tl.constexpr,
     ACC: tl.constexpr,
@@ -57,6 +59,14 @@ def _dtd_weight_kernel(
     rows64 = rows.to(tl.int64)
     z_row = z_ptr + rows64 * z_row_stride
     v_row = v_ptr + rows64 * v_row_stride
+    if CHECK_LABELS:
+        # Labels are read (and so checked) only with knowledge adjustment, as in the C++ ops; one
+        # out of range clears the launch's error flag (read by the host on the CPU, asserted on
+        # asynchronously on CUDA) and is left out of the swap, so every access stays in bounds.
+        label = tl.load(y_ptr + rows, mask=row_ok, other=ignore_index)
+        in_range = (label >= 0) & (label < n_cols)
+        invalid = row_ok & (label != ignore_index) & ~in_range
+        tl.store(flag_ptr, 0, mask=tl.max(invalid.to(tl.int32), axis=0) > 0)
 
     if MODE == 0:
         # Float scalar arguments are float32 in Triton; float64 runs read gamma from memory.
@@ -83,10 +93,7 @@ def _dtd_weight_kernel(
                 arg = tl.where(chunk_mv > mv, first_max_index(vm, chunk_mv, cols), arg)
                 mv = tl.maximum(mv, chunk_mv)
         if SWAP:
-            label = tl.load(y_ptr + rows, mask=row_ok, other=ignore_index)
-            # Out-of-range labels were rejected before the launch (or trip a device assert on
-            # CUDA); leaving them out keeps every access in bounds meanwhile.
-            wrong = row_ok & (label != ignore_index) & (label >= 0) & (label < n_cols)
+            wrong = row_ok & (label != ignore_index) & in_range
             wrong = wrong & (arg < n_cols) & (arg.to(tl.int64) != label)
             z_arg = tl.load(z_row + arg, mask=wrong, other=0.0).to(ACC)
             v_arg = tl.load(v_row + arg, mask=wrong, other=0.0).to(ACC)
@@ -131,9 +138,12 @@ def launch_dtd_weight(
     ka: int,
     ignore_index: int,
     config: RowBlockConfig | None = None,
+    flag: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run the kernel on checked inputs (unit class stride, contiguous target); returns w (B,)
-    float32 (float64 for float64 logits). `config` overrides the launch shape."""
+    float32 (float64 for float64 logits). With ka != 0 the kernel clears `flag` (see
+    _checks.value_flag; a scratch one when None) when a label is out of range. `config` overrides
+    the launch shape. Call it on the inputs' device (_launch.on_device_of)."""
     rows, classes = student.shape
     acc = _checks.opmath_dtype(student.dtype)
     weight = torch.empty((rows,), dtype=acc, device=student.device)
@@ -141,15 +151,19 @@ def launch_dtd_weight(
     params_in_memory = acc == torch.float64 and mode == 0
     params = torch.tensor([gamma], dtype=acc, device=student.device) if params_in_memory else weight
     # Label smoothing replaces the target distribution, not the logits: only ps changes flsw.
-    swap = mode == 0 and ka == 1 and target is not None
+    check_labels = ka != 0 and target is not None
+    swap = mode == 0 and ka == 1 and check_labels
+    if flag is None:
+        flag = _checks.value_flag(student.device) if check_labels else weight  # weight: never written
     grid = (triton.cdiv(rows, cfg.rows),)
     with quiet_interpreter(INTERPRETED):
         _dtd_weight_kernel[grid](
             student,
             teacher,
-            target if swap else weight,
+            target if check_labels else weight,
             params,
             weight,
+            flag,
             rows,
             classes,
             student.stride(0),
@@ -157,6 +171,7 @@ def launch_dtd_weight(
             ignore_index,
             gamma,
             MODE=mode,
+            CHECK_LABELS=check_labels,
             SWAP=swap,
             PARAMS_IN_MEMORY=params_in_memory,
             ACC=tl.float64 if acc == torch.float64 else tl.float32,
@@ -182,9 +197,14 @@ def _dtd_weight_triton_impl(
     teacher = _checks.with_unit_class_stride(teacher)
     if target is not None:
         target = target.contiguous()
-        if ka != 0:
-            _checks.check_labels(target, student.shape[1], ignore_index, OP_NAME)
-    return launch_dtd_weight(student, teacher, target, mode, gamma, ka, ignore_index)
+    checked = target if ka != 0 else None
+    # Triton launches on the current device: make it the inputs' one, for the output too.
+    with on_device_of(student):
+        flag = _checks.value_flag(student.device) if checked is not None else None
+        weight = launch_dtd_weight(student, teacher, target, mode, gamma, ka, ignore_index, flag=flag)
+        if flag is not None:
+            _checks.raise_if_flagged(flag, OP_NAME, checked, student.shape[1], ignore_index)
+    return weight
 
 
 _dtd_weight_triton_def = torch.library.custom_op(

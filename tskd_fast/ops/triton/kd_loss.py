@@ -27,7 +27,7 @@ import triton.language as tl
 from tskd_fast.ops.kd_loss import register_kd_loss_op
 from tskd_fast.ops.triton import _checks
 from tskd_fast.ops.triton._config import RowBlockConfig, row_block_config
-from tskd_fast.ops.triton._launch import quiet_interpreter, runs_in_interpreter
+from tskd_fast.ops.triton._launch import on_device_of, quiet_interpreter, runs_in_interpreter
 from tskd_fast.ops.triton._rowmath import first_max_index, nan_as_inf, rescale, rescale_unit, shift
 
 OP_NAME = "tskd_fast::kd_loss_triton"
@@ -152,6 +152,7 @@ def _kd_loss_kernel(
     params_ptr,
     loss_ptr,
     grad_ptr,
+    flag_ptr,
     n_rows,
     n_cols,
     z_row_stride,
@@ -196,15 +197,22 @@ def _kd_loss_kernel(
     v_row = v_ptr + rows64 * v_row_stride
     tau = tl.load(tau_ptr + rows, mask=row_ok, other=1.0).to(ACC)
     inv_tau = 1.0 / tau
+    # The value checks that need the data, folded in: a temperature that is not finite and > 0
+    # (NaN fails both comparisons) or a label out of range clears the launch's error flag, which
+    # the host reads (CPU) or asserts on asynchronously (CUDA).
+    invalid = row_ok & ~((tau > 0.0) & (tau < float("inf")))
     if HAS_TARGET:
         label = tl.load(y_ptr + rows, mask=row_ok, other=ignore_index)
-        # Out-of-range labels were rejected before the launch (or trip a device assert on CUDA);
-        # treating them as ignored here keeps every access in bounds meanwhile.
-        label_used = row_ok & (label != ignore_index) & (label >= 0) & (label < n_cols)
+        in_range = (label >= 0) & (label < n_cols)
+        invalid = invalid | (row_ok & (label != ignore_index) & ~in_range)
+        # Bad labels are treated as ignored until the error is raised, so that every access
+        # stays in bounds meanwhile.
+        label_used = row_ok & (label != ignore_index) & in_range
     else:
         label = tl.full([ROWS], -1, tl.int64)
         label_used = label >= 0
     label = tl.where(label_used, label, -1)
+    tl.store(flag_ptr, 0, mask=tl.max(invalid.to(tl.int32), axis=0) > 0)
 
     mz = tl.full([ROWS], float("-inf"), ACC)
     mv = tl.full([ROWS], float("-inf"), ACC)
@@ -379,14 +387,19 @@ def launch_kd_loss(
     compute_grad: bool,
     grad_scale: float = 1.0,
     config: RowBlockConfig | None = None,
+    flag: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the kernel on checked inputs (unit class stride, contiguous target and temperature).
 
     Returns row_loss (B,) float32 (float64 for float64 logits) and row_grad (B, C) in the logits'
-    dtype (grad_scale times each row's gradient), or an empty (0,) tensor when compute_grad is False. `config` overrides the launch shape
-    (tests use it to force the chunked path on short rows).
+    dtype (grad_scale times each row's gradient), or an empty (0,) tensor when compute_grad is
+    False. The kernel clears `flag` (see _checks.value_flag; a scratch one when None) when a label
+    or a temperature is invalid. `config` overrides the launch shape (tests use it to force the
+    chunked path on short rows). Call it on the inputs' device (_launch.on_device_of).
     """
     rows, classes = student.shape
+    if flag is None:
+        flag = _checks.value_flag(student.device)
     acc = _checks.opmath_dtype(student.dtype)
     row_loss = torch.empty((rows,), dtype=acc, device=student.device)
     if compute_grad:
@@ -412,6 +425,7 @@ def launch_kd_loss(
             params,
             row_loss,
             row_grad if compute_grad else row_loss,
+            flag,
             rows,
             classes,
             student.stride(0),
@@ -460,21 +474,25 @@ def _kd_loss_triton_impl(
     temperature = temperature.contiguous()
     if target is not None:
         target = target.contiguous()
-        _checks.check_labels(target, student.shape[1], ignore_index, OP_NAME)
-    _checks.check_temperature_values(temperature, OP_NAME)
-    return launch_kd_loss(
-        student,
-        teacher,
-        target,
-        temperature,
-        ka,
-        lsr_p,
-        scale_tau2,
-        ce_weight,
-        ignore_index,
-        compute_grad,
-        grad_scale,
-    )
+    # Triton launches on the current device: make it the inputs' one, for the outputs too.
+    with on_device_of(student):
+        flag = _checks.value_flag(student.device)
+        out = launch_kd_loss(
+            student,
+            teacher,
+            target,
+            temperature,
+            ka,
+            lsr_p,
+            scale_tau2,
+            ce_weight,
+            ignore_index,
+            compute_grad,
+            grad_scale,
+            flag=flag,
+        )
+        _checks.raise_if_flagged(flag, OP_NAME, target, student.shape[1], ignore_index, temperature)
+    return out
 
 
 _kd_loss_triton_def = torch.library.custom_op(
