@@ -42,7 +42,7 @@ cmake-test: $(VENV)/.deps
 
 ## cuda-build: compile the CUDA kernels (no GPU needed) with warnings as errors, outside the tree
 cuda-build: $(VENV)/.deps
-	FORCE_CUDA=1 TSKD_FAST_WERROR=1 TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-8.0;9.0}" \
+	FORCE_CUDA=1 TSKD_FAST_WERROR=1 TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-8.0;9.0+PTX}" \
 		$(PY) setup.py -q build_ext --build-temp build/cuda/temp --build-lib build/cuda/lib
 
 $(VENV)/.deps: pyproject.toml

@@ -3,7 +3,9 @@
 Knobs (environment variables), as users of PyTorch extensions expect them:
   FORCE_CUDA=1            build the CUDA kernels even without a visible GPU (GPU wheels on CPU hosts)
   TSKD_FAST_SKIP_CUDA=1   never build the CUDA kernels
-  TORCH_CUDA_ARCH_LIST    CUDA architectures (default "8.0;9.0" when no GPU is visible)
+  TORCH_CUDA_ARCH_LIST    CUDA architectures (default: those of the visible GPUs, the newest with PTX;
+                          "8.0;9.0+PTX" when no GPU is visible). Recorded in tskd_fast/_build_info.py,
+                          so that at run time a GPU no built kernel runs on falls back to Triton.
   CUDA_HOME               the CUDA toolkit (default /usr/local/cuda when it exists)
   MAX_JOBS                parallel compile jobs (read by torch's ninja build)
   DEBUG=1                 -O0 -g instead of -O3
@@ -99,15 +101,38 @@ def _nvidia_include_dirs():
     return dirs
 
 
+# SASS for Ampere and Hopper, and PTX of the newest so that any later GPU can JIT-compile it
+# (tskd_fast.ops.backend.DEFAULT_CUDA_ARCH_LIST; not imported: the package may not import yet).
+DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+
+
+def _visible_gpu_arch_list():
+    """The architectures torch's build picks for the visible GPUs (each one's capability, capped
+    at the newest torch supports, the newest with PTX), or None without a GPU."""
+    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+        return None
+    supported = [a.split("_")[1] for a in torch.cuda.get_arch_list() if a.startswith("sm_")]
+    newest = max((int(sm[:-1]), int(sm[-1])) for sm in supported if sm.isdigit()) if supported else None
+    arches = set()
+    for index in range(torch.cuda.device_count()):
+        capability = torch.cuda.get_device_capability(index)
+        if newest is not None:
+            capability = min(capability, newest)
+        arches.add(capability)
+    listed = [f"{major}.{minor}" for major, minor in sorted(arches)]
+    listed[-1] += "+PTX"
+    return ";".join(listed)
+
+
 def get_extension():
     use_cuda, why = _want_cuda()
-    if use_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        # Without a visible GPU torch cannot guess the architectures and fails.
-        if not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+    if use_cuda and os.environ.get("TORCH_CUDA_ARCH_LIST", "") in ("", "native"):
+        # Chosen here rather than by torch so that _build_info.py records it; without a visible
+        # GPU torch could not guess at all.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = _visible_gpu_arch_list() or DEFAULT_CUDA_ARCH_LIST
     print(f"tskd_fast: CUDA kernels {'ON' if use_cuda else 'OFF'} ({why})", flush=True)
     if use_cuda:
-        print(f"tskd_fast: TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(from the GPU)')}")
+        print(f"tskd_fast: TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
 
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]
     # torch's headers as system headers: their warnings are not ours to fix (or to fail on).

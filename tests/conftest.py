@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from tskd_fast.ops import _extension  # noqa: E402
-from tskd_fast.ops.backend import triton_available  # noqa: E402
+from tskd_fast.ops.backend import cuda_kernels_run_on_device, triton_available  # noqa: E402
 
 
 def kernel_backends() -> list[str]:
@@ -22,7 +22,11 @@ def kernel_backends() -> list[str]:
         found.append("cpu")
     if triton_available() and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
         found.append("triton")
-    if torch.cuda.is_available() and _extension.has_cuda_kernels():
+    if (
+        torch.cuda.is_available()
+        and _extension.has_cuda_kernels()
+        and cuda_kernels_run_on_device(torch.device("cuda"))
+    ):
         found.append("cuda")
     return found
 

@@ -25,6 +25,7 @@ def _load() -> tuple[ModuleType | None, str]:
             f"tskd_fast._C was built against torch {info.TORCH_VERSION} but torch {torch.__version__} "
             f"is installed; rebuild it: {BUILD_HINT}"
         )
+    _state["arch_list"] = str(getattr(info, "CUDA_ARCH_LIST", ""))
     try:
         module = importlib.import_module("tskd_fast._C")
     except ImportError as error:
@@ -55,3 +56,11 @@ def has_cpu_kernels() -> bool:
 def has_cuda_kernels() -> bool:
     module = extension()
     return module is not None and bool(getattr(module, "WITH_CUDA", 0))
+
+
+def cuda_arch_list() -> str:
+    """The TORCH_CUDA_ARCH_LIST the CUDA kernels were built for, as setup.py recorded it ("" when
+    they were not built, or by a setup.py that did not record it)."""
+    if not has_cuda_kernels():
+        return ""
+    return str(_state.get("arch_list", ""))

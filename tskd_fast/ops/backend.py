@@ -37,6 +37,112 @@ def _warn_fallback(device_type: str, why: str) -> None:
     )
 
 
+# What TORCH_CUDA_ARCH_LIST defaults to when no GPU is visible at build time (setup.py): SASS for
+# Ampere and Hopper, and Hopper's PTX, which the driver compiles for any newer GPU.
+DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+
+# torch.utils.cpp_extension's names for architecture lists (combined names first).
+_NAMED_ARCHES = {
+    "Kepler+Tesla": "3.7",
+    "Kepler": "3.5+PTX",
+    "Maxwell+Tegra": "5.3",
+    "Maxwell": "5.0;5.2+PTX",
+    "Pascal": "6.0;6.1+PTX",
+    "Volta+Tegra": "7.2",
+    "Volta": "7.0+PTX",
+    "Turing": "7.5+PTX",
+    "Ampere+Tegra": "8.7",
+    "Ampere": "8.0;8.6+PTX",
+    "Ada": "8.9+PTX",
+    "Hopper": "9.0+PTX",
+    "Blackwell+Tegra": "11.0",
+    "Blackwell": "10.0;10.3;12.0;12.1+PTX",
+    "Rubin": "10.7+PTX",
+}
+
+
+def _arch_entries(arch_list: str) -> list[str]:
+    for name, arches in _NAMED_ARCHES.items():
+        arch_list = arch_list.replace(name, arches)
+    return [entry for entry in arch_list.replace(" ", ";").split(";") if entry]
+
+
+def cuda_kernels_run_on(capability: tuple[int, int], arch_list: str) -> bool:
+    """Whether CUDA code built for `arch_list` (TORCH_CUDA_ARCH_LIST syntax: "8.0;9.0+PTX",
+    "9.0a", "Hopper", ...) runs on a GPU of compute capability `capability` (major, minor).
+
+    CUDA's rules: SASS for sm_XY runs on the same major X with minor >= Y; sm_XYa (arch-specific)
+    only on exactly X.Y; sm_XYf (family) on the same major with minor >= Y. PTX ("+PTX") for
+    compute_XY is compiled by the driver for any capability >= X.Y (compute_XYa: exactly X.Y,
+    compute_XYf: its family). An unparsable entry counts as running (the build knew better).
+    """
+    major, minor = capability
+    for entry in _arch_entries(arch_list):
+        ptx = entry.endswith("+PTX")
+        arch = entry.removesuffix("+PTX")
+        suffix = arch[-1] if arch[-1:] in ("a", "f") else ""
+        try:
+            x, y = (int(part) for part in arch.removesuffix(suffix).split("."))
+        except ValueError:
+            return True
+        if suffix == "a":
+            sass_runs = ptx_runs = (major, minor) == (x, y)
+        elif suffix == "f":
+            sass_runs = ptx_runs = major == x and minor >= y
+        else:
+            sass_runs = major == x and minor >= y
+            ptx_runs = (major, minor) >= (x, y)
+        if sass_runs or (ptx and ptx_runs):
+            return True
+    return False
+
+
+_CUDA_RUNS: dict[int, bool] = {}
+
+
+@torch.compiler.assume_constant_result
+def cuda_kernels_run_on_device(device: torch.device) -> bool:
+    """Whether the built CUDA kernels can run on `device` (a CUDA device): its capability against
+    the architectures recorded at build time. An empty record (a GPU build of an older setup.py)
+    counts as running. Decided once per device; a constant to torch.compile."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _CUDA_RUNS:
+        arch_list = _extension.cuda_arch_list()
+        _CUDA_RUNS[index] = not arch_list or cuda_kernels_run_on(
+            torch.cuda.get_device_capability(index), arch_list
+        )
+    return _CUDA_RUNS[index]
+
+
+@torch.compiler.assume_constant_result
+def _no_kernel_image(device: torch.device) -> str:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    return (
+        f"tskd_fast._C has CUDA kernels for TORCH_CUDA_ARCH_LIST={_extension.cuda_arch_list()!r}, none of "
+        f"which runs on cuda:{index} (compute capability {major}.{minor}); rebuild with "
+        f'TORCH_CUDA_ARCH_LIST="{major}.{minor}"'
+    )
+
+
+@functools.cache
+def _warn_arch_fallback(why: str) -> None:
+    warnings.warn(f"tskd_fast: {why}; using the Triton kernels instead.", RuntimeWarning, stacklevel=5)
+
+
+@torch.compiler.assume_constant_result
+def _auto_cuda_backend(device: torch.device) -> str:
+    """auto's choice for CUDA tensors when the CUDA kernels were built: "cuda" when they run on
+    `device`, else "triton" (warning once why) or "" when triton is missing. A constant to
+    torch.compile, so that the warning and the device query happen outside the traced code."""
+    if cuda_kernels_run_on_device(device):
+        return "cuda"
+    if not triton_available():
+        return ""
+    _warn_arch_fallback(_no_kernel_image(device))
+    return "triton"
+
+
 def default_backend() -> str:
     """The backend `auto` stands for: the TSKD_FAST_BACKEND environment variable, else auto."""
     value = os.environ.get(ENV_VAR, "auto")
@@ -48,9 +154,11 @@ def default_backend() -> str:
 def resolve_backend(backend: str | None, device: torch.device) -> str:
     """Resolve `backend` ("auto", "cpu", "cuda", "triton", "reference") for tensors on `device`.
 
-    auto: the C++ kernels for CPU tensors; on CUDA the CUDA C++ kernels when built, else Triton;
-    the reference (with a one-time warning saying why) when neither exists. A forced backend that
-    cannot run on `device` raises ValueError.
+    auto: the C++ kernels for CPU tensors; on CUDA the CUDA C++ kernels when built for an
+    architecture that runs on the device (cuda_kernels_run_on), else Triton (with a one-time
+    warning when CUDA kernels were built for other GPUs); the reference (with a one-time warning
+    saying why) when neither exists. A forced backend that cannot run on `device` raises
+    ValueError.
     """
     if backend is None or backend == "auto":
         backend = default_backend()
@@ -61,12 +169,19 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
         if kind == "cpu" and _extension.has_cpu_kernels():
             return "cpu"
         if kind == "cuda" and _extension.has_cuda_kernels():
-            return "cuda"
-        if kind == "cuda" and triton_available():
+            chosen = _auto_cuda_backend(device)
+            if chosen:
+                return chosen
+            why = _no_kernel_image(device) + " and triton is not installed"
+        elif kind == "cuda" and triton_available():
             return "triton"
-        why = _extension.why_unavailable() if kind in ("cpu", "cuda") else "no kernels for this device"
-        if kind == "cuda" and not why:
-            why = "tskd_fast._C was built without CUDA and triton is not installed"
+        elif kind in ("cpu", "cuda"):
+            why = (
+                _extension.why_unavailable()
+                or "tskd_fast._C was built without CUDA and triton is not installed"
+            )
+        else:
+            why = "no kernels for this device"
         _warn_fallback(kind, why)
         return "reference"
     if backend == "reference":
@@ -83,6 +198,8 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
         if not _extension.has_cuda_kernels():
             why = _extension.why_unavailable() or "tskd_fast._C was built without CUDA kernels"
             raise ValueError(f"backend='cuda' is unavailable: {why}")
+        if not cuda_kernels_run_on_device(device):
+            raise ValueError(f"backend='cuda' is unavailable: {_no_kernel_image(device)}")
         return backend
     # triton
     if not triton_available():
