@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
 
-.PHONY: demo test bench lint format cmake-test cuda-build clean
+.PHONY: demo test bench lint format cmake-test cuda-build gpu-check clean
 
 ## demo: distil a student on the embedded dataset and print the accuracies (the main job)
 demo: $(VENV)/.built
@@ -44,6 +44,11 @@ cmake-test: $(VENV)/.deps
 cuda-build: $(VENV)/.deps
 	FORCE_CUDA=1 TSKD_FAST_WERROR=1 TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-8.0;9.0+PTX}" \
 		$(PY) setup.py -q build_ext --build-temp build/cuda/temp --build-lib build/cuda/lib
+
+## gpu-check: on a GPU machine, build for its GPU, run the tests, time the KD loss, print a summary
+## (the system python3 and what it has installed: no venv, no downloads; logs in OUT=dir)
+gpu-check:
+	PYTHON=$(PYTHON) bash scripts/gpu_check.sh $(OUT)
 
 $(VENV)/.deps: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

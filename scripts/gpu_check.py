@@ -1,0 +1,259 @@
+"""Helpers of scripts/gpu_check.sh: what the machine has, and the summary at the end.
+
+    python3 scripts/gpu_check.py probe OUT_DIR     # writes OUT_DIR/probe.json, prints shell lines
+    python3 scripts/gpu_check.py summary OUT_DIR   # prints (and writes OUT_DIR/summary.txt) the summary
+
+The summary counts the tests passed, failed and skipped per backend from pytest's JUnit report
+(the backend is the first of cpu/cuda/triton/reference among a test's parameter ids; "other" for
+tests without one), and lists each timed op with its share of the copy bandwidth. Its exit code
+is 0 only when the build, the tests and the benchmark all went through without a failure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import sys
+import xml.etree.ElementTree as ET
+from collections import Counter, defaultdict
+from pathlib import Path
+
+BACKENDS = ("cuda", "triton", "cpu", "reference")
+OUTCOMES = ("passed", "failed", "error", "skipped")
+
+
+# ---------------------------------------------------------------------------------------------
+# probe
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def probe(out_dir: Path) -> int:
+    """Write probe.json; print shell assignments (GPU=0/1, ARCH=X.Y, ...) for gpu_check.sh."""
+    info: dict[str, object] = {"python": sys.version.split()[0], "executable": sys.executable}
+    try:
+        import torch
+    except Exception as error:  # a broken install is reported, not raised
+        info["error"] = f"torch cannot be imported: {error}"
+        torch = None
+    if torch is not None:
+        info["torch"] = torch.__version__
+        info["torch_cuda"] = torch.version.cuda
+        info["gpu"] = bool(torch.cuda.is_available()) and torch.cuda.device_count() > 0
+        if info["gpu"]:
+            major, minor = torch.cuda.get_device_capability(0)
+            props = torch.cuda.get_device_properties(0)
+            info.update(
+                arch=f"{major}.{minor}",
+                gpu_name=props.name,
+                gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                gpu_count=torch.cuda.device_count(),
+            )
+    for module in ("triton", "pytest", "pytest_benchmark", "ninja", "torchvision"):
+        info[f"has_{module}"] = _has(module)
+    if info["has_triton"]:
+        try:
+            import triton
+
+            info["triton"] = triton.__version__
+        except Exception as error:
+            info["triton"] = f"broken: {error}"
+    info["nvcc"] = shutil.which("nvcc") or (
+        "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else ""
+    )
+    info["ninja_binary"] = shutil.which("ninja") or ""
+    info["cpus"] = os.cpu_count()
+    (out_dir / "probe.json").write_text(json.dumps(info, indent=2) + "\n")
+    shell = {
+        "GPU": int(bool(info.get("gpu"))),
+        "ARCH": info.get("arch", ""),
+        "HAS_PYTEST": int(bool(info["has_pytest"])),
+        "HAS_PYTEST_BENCHMARK": int(bool(info["has_pytest_benchmark"])),
+        "TORCH_DESC": f"torch {info.get('torch', '(missing)')}, CUDA {info.get('torch_cuda')}",
+        "PROBE_ERROR": info.get("error", ""),
+    }
+    for key, value in shell.items():
+        print(f"{key}={shlex.quote(str(value))}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# summary
+
+
+def backend_of(test_name: str) -> str:
+    """The backend a test ran: the first backend name among its parameter ids, else "other"."""
+    match = re.search(r"\[(.*)\]$", test_name)
+    if match:
+        for token in re.split(r"[-_,\s]+", match.group(1)):
+            if token in BACKENDS:
+                return token
+    return "other"
+
+
+def _junit_results(path: Path) -> list[tuple[str, str, str]]:
+    """(test id, outcome, message) of every test case of a JUnit report."""
+    results = []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        name = f"{case.get('classname', '')}::{case.get('name', '')}"
+        outcome, message = "passed", ""
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                outcome = {"failure": "failed"}.get(child.tag, child.tag)
+                message = (child.get("message") or child.text or "").strip()
+                break
+        results.append((name, outcome, message))
+    return results
+
+
+def _streamed_results(path: Path) -> list[tuple[str, str, str]]:
+    results = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        results[record["nodeid"]] = (record["nodeid"], record["outcome"], record["message"])
+    return list(results.values())
+
+
+def test_results(out_dir: Path) -> tuple[list[tuple[str, str, str]], str]:
+    """The test outcomes and where they came from (the JUnit report, else the streamed lines)."""
+    junit = out_dir / "junit.xml"
+    if junit.exists():
+        try:
+            return _junit_results(junit), "JUnit report"
+        except ET.ParseError:
+            pass
+    streamed = out_dir / "test-results.jsonl"
+    if streamed.exists():
+        return _streamed_results(streamed), "streamed results (pytest wrote no JUnit report)"
+    return [], ""
+
+
+def _phases(out_dir: Path) -> dict[str, tuple[str, str, str]]:
+    phases = {}
+    path = out_dir / "phases.tsv"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            name, status, seconds, detail = (line.split("\t") + ["", "", ""])[:4]
+            phases[name] = (status, seconds, detail)
+    return phases
+
+
+def _tests_section(out_dir: Path, lines: list[str]) -> bool:
+    results, source = test_results(out_dir)
+    if not results:
+        lines.append("  no test results (see tests.log)")
+        return False
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for name, outcome, _ in results:
+        counts[backend_of(name)][outcome] += 1
+    lines.append(f"  {'backend':<10} {'passed':>7} {'failed':>7} {'errors':>7} {'skipped':>8}   ({source})")
+    total: Counter = Counter()
+    for backend in (*BACKENDS, "other"):
+        if backend in counts:
+            c = counts[backend]
+            total.update(c)
+            lines.append(
+                f"  {backend:<10} {c['passed']:>7} {c['failed']:>7} {c['error']:>7} {c['skipped']:>8}"
+            )
+    lines.append(
+        f"  {'total':<10} {total['passed']:>7} {total['failed']:>7} {total['error']:>7} {total['skipped']:>8}"
+    )
+    bad = [(name, message) for name, outcome, message in results if outcome in ("failed", "error")]
+    if bad:
+        lines.append(f"  first failures ({min(len(bad), 12)} of {len(bad)}):")
+        for name, message in bad[:12]:
+            first = message.splitlines()[0][:150] if message else ""
+            lines.append(f"    {name}: {first}")
+        poisoned = [name for name, message in bad if "device-side assert" in message]
+        if poisoned:
+            lines.append(
+                f"  a device-side assert lost the CUDA context at {poisoned[0]}: later CUDA failures "
+                f"may only follow from it"
+            )
+    return not bad
+
+
+def _bench_section(out_dir: Path, lines: list[str]) -> bool:
+    path = out_dir / "bench.json"
+    if not path.exists():
+        log = out_dir / "bench.log"
+        if log.exists() and log.stat().st_size:
+            lines.append("  (output of the bench command, last lines)")
+            lines += ["  " + line for line in log.read_text().splitlines()[-40:]]
+            return True
+        lines.append("  no timings (see bench.log)")
+        return False
+    bench = json.loads(path.read_text())
+    copy = bench.get("copy_gbps")
+    lines.append(
+        f"  device {bench.get('device_name', '?')}: device-to-device copy {copy:.0f} GB/s (read + write), "
+        f"measured in this run"
+        if copy
+        else "  copy bandwidth not measured"
+    )
+    lines.append("  bytes model: read student and teacher once, write the gradient once (3 B C elements)")
+    lines.append(f"  {'loss':<7} {'shape':<14} {'dtype':<9} {'impl':<8} {'ms':>9} {'GB/s':>8} {'of copy':>8}")
+    ok = True
+    for row in bench.get("rows", []):
+        shape = "x".join(str(n) for n in row["shape"])
+        head = f"  {row['loss']:<7} {shape:<14} {row['dtype']:<9} {row['impl']:<8}"
+        if row.get("ms") is None:
+            lines.append(f"{head} {row.get('note', 'not run')}")
+            ok = ok and not row.get("error")
+            continue
+        share = f"{100 * row['share']:.0f}%" if row.get("share") is not None else ""
+        lines.append(f"{head} {row['ms']:>9.3f} {row['gbps']:>8.1f} {share:>8}")
+    return ok
+
+
+def summary(out_dir: Path) -> int:
+    phases = _phases(out_dir)
+    probe_info = {}
+    if (out_dir / "probe.json").exists():
+        probe_info = json.loads((out_dir / "probe.json").read_text())
+    lines = ["", "=" * 30 + " tskd_fast gpu-check summary " + "=" * 30]
+    lines.append(
+        f"machine: {probe_info.get('gpu_name', 'no GPU')} (sm {probe_info.get('arch', '-')}), "
+        f"{probe_info.get('cpus')} CPUs, python {probe_info.get('python')}, torch {probe_info.get('torch')} "
+        f"(CUDA {probe_info.get('torch_cuda')}), triton {probe_info.get('triton', 'missing')}"
+    )
+    ok = True
+    lines.append("phases:")
+    for name, (status, seconds, detail) in phases.items():
+        lines.append(f"  {name:<8} {status:<8} {seconds:>5} s  {detail}")
+        ok = ok and status in ("ok", "skipped")
+    lines.append("tests:")
+    if not probe_info.get("has_pytest", True):
+        lines.append("  pytest is NOT installed for this python: the test-suite did not run")
+        ok = False
+    else:
+        ok = _tests_section(out_dir, lines) and ok
+    lines.append("timings (forward + backward, median):")
+    ok = _bench_section(out_dir, lines) and ok
+    lines.append(f"verdict: {'PASS' if ok else 'FAIL'} (logs in {out_dir})")
+    text = "\n".join(lines) + "\n"
+    (out_dir / "summary.txt").write_text(text)
+    print(text, end="")
+    return 0 if ok else 1
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("probe", "summary"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    out_dir = Path(argv[1])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return probe(out_dir) if argv[0] == "probe" else summary(out_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

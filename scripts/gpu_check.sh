@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# One-shot check of tskd_fast on a machine with an NVIDIA GPU, within about 8 minutes:
+#   1. build the extension in place for this GPU's architecture only (MAX_JOBS = cores);
+#   2. run the test-suite (the CUDA and Triton backends on the GPU), backend-parametrised tests first;
+#   3. time the KD loss: `python3 -m tskd_fast.bench --device cuda --quick` when that exists, else
+#      scripts/gpu_kd_bench.py (CUDA C++ and Triton against eager and torch.compile, GB/s against
+#      the copy bandwidth measured in the same run);
+#   4. print one summary: tests passed/failed/skipped per backend, each op's time and bandwidth share.
+# Uses the system python3 and whatever it has installed (no venv, no network, installs nothing).
+#
+#   scripts/gpu_check.sh [OUT_DIR]      (or `make gpu-check OUT=...`)
+#
+# OUT_DIR (default $OUT, else ./gpu-check-out) receives every log, the JUnit report and summary.txt.
+# Exit code: 0 when everything passed; 1 when something failed; 2 without a GPU (said within seconds).
+# Knobs: PYTHON (python3), GPU_CHECK_BUDGET_S (470: the whole run), GPU_CHECK_TESTS (pytest
+# targets, default tests), GPU_CHECK_DEVICE=cpu (a rehearsal of this script without a GPU: no
+# build, the installed extension, benchmark on small CPU shapes).
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+OUT_DIR="${1:-${OUT:-$REPO/gpu-check-out}}"
+mkdir -p "$OUT_DIR" && OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+PY="${PYTHON:-python3}"
+BUDGET_S="${GPU_CHECK_BUDGET_S:-470}"
+DEVICE="${GPU_CHECK_DEVICE:-cuda}"
+START=$(date +%s)
+LOG="$OUT_DIR/gpu-check.log"
+PHASES="$OUT_DIR/phases.tsv"
+: > "$LOG"
+: > "$PHASES"
+rm -f "$OUT_DIR/junit.xml" "$OUT_DIR/test-results.jsonl" "$OUT_DIR/bench.json" "$OUT_DIR/bench.log"
+export PYTHONPATH="$REPO:$REPO/scripts${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONDONTWRITEBYTECODE=1
+
+elapsed() { echo $(( $(date +%s) - START )); }
+left() { echo $(( BUDGET_S - $(elapsed) )); }
+say() { echo "gpu-check [$(elapsed) s] $*" | tee -a "$LOG"; }
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$PHASES"; }
+
+# run_phase NAME LIMIT_S LOGFILE CMD...: CMD with a hard time limit, its outcome in phases.tsv.
+run_phase() {
+  local name=$1 limit=$2 logfile=$3 t0 rc
+  shift 3
+  t0=$(date +%s)
+  say "$name: $* (limit ${limit} s, log $(basename "$logfile"))"
+  timeout --kill-after=10 "$limit" "$@" > "$logfile" 2>&1
+  rc=$?
+  local took=$(( $(date +%s) - t0 ))
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    record "$name" timeout "$took" "killed after ${limit} s"
+  elif [ "$rc" -eq 0 ]; then
+    record "$name" ok "$took" ""
+  else
+    record "$name" failed "$took" "exit code $rc, see $(basename "$logfile")"
+  fi
+  say "$name: exit code $rc after ${took} s"
+  return "$rc"
+}
+
+# --- 0. what this machine has -----------------------------------------------------------------
+if ! command -v "$PY" > /dev/null 2>&1; then
+  echo "gpu-check: $PY not found; set PYTHON to the python that has torch" | tee -a "$LOG"
+  exit 2
+fi
+PROBE="$(timeout 60 "$PY" "$REPO/scripts/gpu_check.py" probe "$OUT_DIR" 2>> "$LOG")"
+eval "$PROBE"
+if [ -n "${PROBE_ERROR:-}" ]; then
+  echo "gpu-check: no usable torch for $PY ($PROBE_ERROR); nothing to check" | tee -a "$LOG"
+  exit 2
+fi
+if [ "$DEVICE" = "cuda" ] && [ "${GPU:-0}" != "1" ]; then
+  echo "gpu-check: no CUDA GPU visible to $PY (${TORCH_DESC:-torch unknown}, torch.cuda.is_available() is False); nothing to check on this machine" | tee -a "$LOG"
+  exit 2
+fi
+say "machine: $(cat "$OUT_DIR/probe.json" | tr -d '\n ' | cut -c1-400)"
+
+# --- 1. build -----------------------------------------------------------------------------------
+if [ "$DEVICE" = "cuda" ]; then
+  JOBS="$(nproc)"
+  if ! "$PY" -c "import ninja" > /dev/null 2>&1 && ! command -v ninja > /dev/null 2>&1; then
+    say "ninja is missing: torch compiles the sources one after another (slower, MAX_JOBS unused)"
+  fi
+  run_phase build "$(( $(left) - 200 > 120 ? $(left) - 200 : 120 ))" "$OUT_DIR/build.log" \
+    env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$ARCH" MAX_JOBS="$JOBS" "$PY" setup.py build_ext --inplace
+  "$PY" -c "from tskd_fast.ops import _extension as e; print('CUDA kernels loaded:', e.has_cuda_kernels(), '| arch list:', repr(e.cuda_arch_list()), '|', e.why_unavailable())" 2>&1 | tee -a "$LOG"
+else
+  record build skipped 0 "rehearsal on the CPU: the installed extension"
+fi
+
+# --- 2. tests -----------------------------------------------------------------------------------
+BENCH_RESERVE=110
+if [ "${HAS_PYTEST:-0}" = "1" ]; then
+  # Backend-parametrised test files first, so that a short budget still covers the kernels.
+  read -r -a TARGETS <<< "${GPU_CHECK_TESTS:-tests}"
+  FIRST=()
+  if [ -z "${GPU_CHECK_TESTS:-}" ]; then
+    mapfile -t FIRST < <(grep -l "kernel_backends\|device_of" tests/test_*.py 2> /dev/null)
+  fi
+  ARGS=(-q -p no:cacheprovider -o addopts=-ra -p gpu_check_pytest_plugin --junitxml="$OUT_DIR/junit.xml")
+  if [ "${HAS_PYTEST_BENCHMARK:-0}" = "1" ]; then ARGS+=(--benchmark-skip); fi
+  LIMIT=$(( $(left) - BENCH_RESERVE ))
+  if [ "$LIMIT" -lt 30 ]; then LIMIT=30; fi
+  # The plugin stops cleanly 20 s before the hard limit (the JUnit report is then still written).
+  export GPU_CHECK_DEADLINE=$(( $(date +%s) + LIMIT - 20 ))
+  export GPU_CHECK_RESULTS="$OUT_DIR/test-results.jsonl"
+  run_phase tests "$LIMIT" "$OUT_DIR/tests.log" "$PY" -m pytest "${ARGS[@]}" "${FIRST[@]}" "${TARGETS[@]}"
+  tail -n 3 "$OUT_DIR/tests.log" | tee -a "$LOG"
+else
+  record tests failed 0 "pytest is not installed for $PY: the test-suite was not run"
+  say "pytest is not installed for $PY: the test-suite was not run"
+fi
+
+# --- 3. timings ---------------------------------------------------------------------------------
+LIMIT=$(( $(left) - 10 ))
+if [ "$LIMIT" -lt 30 ]; then LIMIT=30; fi
+if timeout 60 "$PY" -m tskd_fast.bench --help > /dev/null 2>&1; then
+  run_phase bench "$LIMIT" "$OUT_DIR/bench.log" "$PY" -m tskd_fast.bench --device "$DEVICE" --quick
+else
+  run_phase bench "$LIMIT" "$OUT_DIR/bench.log" \
+    "$PY" "$REPO/scripts/gpu_kd_bench.py" --device "$DEVICE" --out "$OUT_DIR/bench.json" \
+    --budget $(( LIMIT - 60 > 10 ? LIMIT - 60 : 10 ))
+fi
+
+# --- 4. summary ---------------------------------------------------------------------------------
+record total ok "$(elapsed)" "budget ${BUDGET_S} s"
+"$PY" "$REPO/scripts/gpu_check.py" summary "$OUT_DIR" | tee -a "$LOG"
+exit "${PIPESTATUS[0]}"

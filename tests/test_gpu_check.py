@@ -1,0 +1,210 @@
+"""scripts/gpu_check.sh (make gpu-check) without a GPU: it says so and stops within seconds; and its
+parts that need no GPU: the pytest plugin (time budget, streamed results), the summary (per-backend
+counts, bandwidth shares, verdict) and the KD-loss timing script on the CPU."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import gpu_check  # noqa: E402
+import gpu_kd_bench  # noqa: E402
+
+
+def test_without_a_gpu_it_says_so_and_exits_nonzero_within_seconds(tmp_path):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHON=sys.executable, OUT=str(tmp_path / "out"))
+    env.pop("TRITON_INTERPRET", None)
+    command = ["make", "-s", "gpu-check"] if shutil.which("make") else ["bash", "scripts/gpu_check.sh"]
+    start = time.monotonic()
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - start
+    assert done.returncode != 0
+    if command[0] == "bash":
+        assert done.returncode == 2
+    assert "gpu-check: no CUDA GPU visible to" in done.stdout, done.stdout + done.stderr
+    assert "torch.cuda.is_available() is False" in done.stdout
+    assert took < 60, f"took {took:.0f} s"
+    out = tmp_path / "out"
+    assert "no CUDA GPU visible" in (out / "gpu-check.log").read_text()
+    assert json.loads((out / "probe.json").read_text())["gpu"] is False
+    assert not (out / "build.log").exists() and not (out / "junit.xml").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The pytest plugin
+
+_TESTS = """
+import time
+
+def test_first():
+    time.sleep(0.2)
+
+def test_second():
+    assert False, "second fails"
+
+def test_third():
+    pass
+"""
+
+
+def _run_plugin(tmp_path, deadline):
+    (tmp_path / "test_sample.py").write_text(_TESTS)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO / "scripts"), os.environ.get("PYTHONPATH", "")]),
+        GPU_CHECK_DEADLINE=str(deadline),
+        GPU_CHECK_RESULTS=str(tmp_path / "test-results.jsonl"),
+    )
+    args = ["-q", "-p", "no:cacheprovider", "-c", os.devnull, "--rootdir", str(tmp_path)]
+    args += ["-p", "gpu_check_pytest_plugin", f"--junitxml={tmp_path / 'junit.xml'}", "test_sample.py"]
+    subprocess.run(
+        [sys.executable, "-m", "pytest", *args], cwd=tmp_path, env=env, capture_output=True, timeout=120
+    )
+    return gpu_check.test_results(tmp_path)
+
+
+def test_plugin_stops_at_the_deadline_and_the_report_is_still_written(tmp_path):
+    results, source = _run_plugin(tmp_path, time.time() - 1)
+    assert source == "JUnit report"
+    assert [(name.split("::")[-1], outcome) for name, outcome, _ in results] == [("test_first", "passed")]
+
+
+def test_plugin_streams_every_outcome(tmp_path):
+    results, _ = _run_plugin(tmp_path, time.time() + 600)
+    assert [outcome for _, outcome, _ in results] == ["passed", "failed", "passed"]
+    (tmp_path / "junit.xml").unlink()  # as if pytest had been killed: the streamed lines count
+    streamed, source = gpu_check.test_results(tmp_path)
+    assert source.startswith("streamed results")
+    assert [(name.split("::")[-1], outcome) for name, outcome, _ in streamed] == [
+        ("test_first", "passed"),
+        ("test_second", "failed"),
+        ("test_third", "passed"),
+    ]
+    assert "second fails" in streamed[1][2]
+
+
+# ---------------------------------------------------------------------------------------------
+# The summary
+
+
+@pytest.mark.parametrize(
+    "name,backend",
+    [
+        ("tests.test_dtd::test_weights_match_reference[float32-1-1-none-flsw-cuda]", "cuda"),
+        ("tests.test_x::test_y[triton-cpu]", "triton"),
+        ("tests.test_x::test_y[reference]", "reference"),
+        ("tests.test_x::test_y[cpu-float64]", "cpu"),
+        ("tests.test_x::test_y[cudagraph]", "other"),
+        ("tests.test_x::test_y", "other"),
+    ],
+)
+def test_backend_of_a_test(name, backend):
+    assert gpu_check.backend_of(name) == backend
+
+
+def _junit(cases):
+    body = []
+    for name, outcome in cases:
+        inner = {"passed": "", "failed": '<failure message="AssertionError: boom">x</failure>'}.get(outcome)
+        if inner is None:
+            inner = {"skipped": '<skipped message="no GPU"/>', "error": '<error message="fixture">e</error>'}[
+                outcome
+            ]
+        body.append(f'<testcase classname="tests.test_k" name="{name}" time="0.1">{inner}</testcase>')
+    return (
+        f'<?xml version="1.0"?><testsuites><testsuite name="pytest">{"".join(body)}</testsuite></testsuites>'
+    )
+
+
+def _bench_rows():
+    return {
+        "device_name": "NVIDIA H200",
+        "copy_gbps": 4000.0,
+        "rows": [
+            {"loss": "kd", "shape": [4096, 128256], "dtype": "bfloat16", "impl": "cuda", "ms": 0.95, "gbps": 3318.0, "share": 0.8295},
+            {"loss": "dtd_ka", "shape": [128, 100], "dtype": "float32", "impl": "compile", "ms": None, "note": "left out: time budget spent"},
+        ],
+    }  # fmt: skip
+
+
+def test_summary_counts_per_backend_and_shows_bandwidth_shares(tmp_path, capsys):
+    cases = [("test_a[cuda]", "passed"), ("test_a[triton]", "passed"), ("test_a[triton-x]", "skipped")]
+    cases += [("test_b[cpu]", "passed"), ("test_c", "passed"), ("test_d[reference]", "passed")]
+    (tmp_path / "junit.xml").write_text(_junit(cases))
+    (tmp_path / "bench.json").write_text(json.dumps(_bench_rows()))
+    (tmp_path / "phases.tsv").write_text("build\tok\t61\t\ntests\tok\t200\t\nbench\tok\t90\t\n")
+    (tmp_path / "probe.json").write_text(
+        json.dumps({"gpu_name": "NVIDIA H200", "arch": "9.0", "has_pytest": True})
+    )
+    assert gpu_check.summary(tmp_path) == 0
+    text = capsys.readouterr().out
+    lines = {
+        line.split()[0]: line.split()[1:]
+        for line in text.splitlines()
+        if line.startswith("  ") and line.split()
+    }
+    assert lines["cuda"] == ["1", "0", "0", "0"]
+    assert lines["triton"] == ["1", "0", "0", "1"]
+    assert lines["cpu"] == ["1", "0", "0", "0"] and lines["reference"] == ["1", "0", "0", "0"]
+    assert lines["other"] == ["1", "0", "0", "0"] and lines["total"] == ["5", "0", "0", "1"]
+    assert "copy 4000 GB/s" in text
+    assert "4096x128256" in text and "3318.0" in text and "83%" in text
+    assert "left out: time budget spent" in text
+    assert "verdict: PASS" in text and (tmp_path / "summary.txt").read_text() == text
+
+
+def test_summary_fails_on_failures_timeouts_and_a_missing_pytest(tmp_path, capsys):
+    (tmp_path / "junit.xml").write_text(_junit([("test_a[cuda]", "failed"), ("test_b[cpu]", "error")]))
+    (tmp_path / "phases.tsv").write_text("build\tok\t61\t\ntests\ttimeout\t300\tkilled after 300 s\n")
+    assert gpu_check.summary(tmp_path) == 1
+    text = capsys.readouterr().out
+    assert "tests.test_k::test_a[cuda]: AssertionError: boom" in text and "verdict: FAIL" in text
+    (tmp_path / "phases.tsv").write_text("build\tok\t61\t\n")
+    (tmp_path / "junit.xml").unlink()
+    (tmp_path / "probe.json").write_text(json.dumps({"has_pytest": False}))
+    (tmp_path / "bench.json").write_text(json.dumps(_bench_rows()))
+    assert gpu_check.summary(tmp_path) == 1
+    assert "pytest is NOT installed" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# The timing script
+
+
+def test_bench_cases_cover_the_benchmark_shapes_and_an_llm_vocabulary():
+    from kd_loss_cases import SHAPES
+
+    cases = gpu_kd_bench.cases("cuda")
+    assert [(r, c) for r, c, dtype in cases if dtype == torch.float32] == SHAPES
+    assert (4096, 128256, torch.bfloat16) in cases
+
+
+def test_bench_runs_on_the_cpu_and_feeds_the_summary(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gpu_kd_bench, "cases", lambda device: [(6, 17, torch.float32)])
+    monkeypatch.setattr(gpu_kd_bench, "copy_gbps", lambda device: 10.0)
+    out = tmp_path / "bench.json"
+    result = gpu_kd_bench.run("cpu", 0.0, out)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    rows = {(row["loss"], row["impl"]): row for row in result["rows"]}
+    assert set(rows) == {
+        (loss, impl) for loss in ("kd", "dtd_ka") for impl in ("cuda", "triton", "eager", "compile")
+    }
+    assert rows[("kd", "cuda")]["note"].startswith("unavailable: backend='cuda' needs CUDA tensors")
+    assert rows[("kd", "compile")]["note"] == "left out: time budget spent"  # budget 0
+    for loss in ("kd", "dtd_ka"):
+        eager = rows[(loss, "eager")]
+        assert eager["ms"] > 0 and eager["gbps"] == pytest.approx(3 * 6 * 17 * 4 / (eager["ms"] * 1e-3) / 1e9)
+        assert eager["share"] == pytest.approx(eager["gbps"] / 10.0)
+    capsys.readouterr()
+    (tmp_path / "junit.xml").write_text(_junit([("test_a[cpu]", "passed")]))
+    assert gpu_check.summary(tmp_path) == 0
+    assert "6x17" in capsys.readouterr().out
