@@ -7,9 +7,16 @@ Every backend's op has one signature:
     -> (row_loss (B,) float32 (float64 for float64 logits),
         row_grad (B, C) logits dtype: grad_scale * d row_loss[n] / d student[n], or (0,))
 The forward computes each row's gradient, so backward is at most one scaling by the incoming
-gradient: no softmax is kept alive and no second pass over the logits happens. When the incoming
-gradient is exactly grad_scale on every row (loss.backward() of a batchmean or sum loss), the
-gradient written by the forward is returned as it is, without touching it again.
+gradient: no softmax is kept alive and no second pass over the logits happens.
+
+What backward costs depends on the device. On the CPU, when the incoming gradient is exactly
+grad_scale on every row (loss.backward() of a batchmean or sum loss), the gradient written by the
+forward is handed on as it is, without touching it again. On CUDA (and whenever traced) every
+backward writes a new (B, C) tensor, row_grad * incoming / grad_scale: one read and one write of
+B x C elements, in the logits' dtype. Telling that the incoming gradient is exactly grad_scale would
+need its values on the host, a stream synchronisation per step, which costs more than the pass
+at every size and would stall the GPU; and under AMP's GradScaler the incoming gradient is never
+grad_scale anyway.
 """
 
 from __future__ import annotations
@@ -52,23 +59,29 @@ def kd_loss_setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(row_grad)
 
 
-_TRACING_MODES = (
-    torch._C._TorchDispatchModeKey.PROXY,
-    torch._C._TorchDispatchModeKey.FAKE,
-    torch._C._TorchDispatchModeKey.FUNCTIONAL,
+# The dispatch modes that trace or fake tensors (torch internals: looked up defensively, so that a
+# torch without them only loses the CPU backward shortcut below, never correctness).
+_MODE_KEYS = getattr(torch._C, "_TorchDispatchModeKey", None)
+_TRACING_MODES = tuple(
+    getattr(_MODE_KEYS, name) for name in ("PROXY", "FAKE", "FUNCTIONAL") if hasattr(_MODE_KEYS, name)
 )
+_get_dispatch_mode = getattr(torch._C, "_get_dispatch_mode", None)
 
 
 def _eager(t: torch.Tensor) -> bool:
-    """Whether t holds real values that may be read now (not traced, faked or compiled)."""
+    """Whether t holds real values that may be read now (not traced, faked or compiled); False
+    when this torch cannot tell."""
     if torch.compiler.is_compiling() or type(t) is not torch.Tensor:
         return False
-    return all(torch._C._get_dispatch_mode(key) is None for key in _TRACING_MODES)
+    if _get_dispatch_mode is None or len(_TRACING_MODES) != 3:
+        return False
+    return all(_get_dispatch_mode(key) is None for key in _TRACING_MODES)
 
 
 def _incoming_is_grad_scale(grad_row_loss: torch.Tensor, grad_scale: float) -> bool:
     """Whether every row's incoming gradient equals grad_scale. Checked eagerly on the CPU only:
-    reading the values is free there, but a device sync on CUDA and data-dependent when traced."""
+    reading the values is free there, but a device sync on CUDA (so CUDA backward always scales,
+    see the module docstring) and data-dependent when traced."""
     if grad_row_loss.device.type != "cpu" or not _eager(grad_row_loss):
         return False
     return bool((grad_row_loss == grad_scale).all())
