@@ -39,6 +39,14 @@ def test_without_a_gpu_it_says_so_and_exits_nonzero_within_seconds(tmp_path):
     assert not (out / "build.log").exists() and not (out / "junit.xml").exists()
 
 
+def test_pyproject_license_is_readable_by_distribution_setuptools():
+    """A GPU machine's system python may have setuptools < 77 (Ubuntu 24.04 ships 68), which
+    rejects `license = "MIT"` and so fails the in-place build: the table form works on both."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == {"text": "MIT"}
+
+
 # ---------------------------------------------------------------------------------------------
 # The pytest plugin
 
