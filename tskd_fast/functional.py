@@ -10,7 +10,15 @@ from __future__ import annotations
 import torch
 
 from tskd_fast import reference
-from tskd_fast.ops import KA_MODES, call_kd_loss, dtd_weight_op, kd_loss_op, resolve_backend
+from tskd_fast.ops import (
+    KA_MODES,
+    call_convlstm_gates,
+    call_kd_loss,
+    convlstm_gates_ops,
+    dtd_weight_op,
+    kd_loss_op,
+    resolve_backend,
+)
 
 __all__ = ["convlstm_gates", "kd_loss", "dtd_temperature", "dtd_weight"]
 
@@ -328,8 +336,7 @@ def convlstm_gates(
     peepholes = {"w_ci": w_ci, "w_cf": w_cf, "w_co": w_co}
     _check_convlstm_inputs(gates, c_prev, peepholes)
     chosen = resolve_backend(backend, gates.device)
-    # TEMPORARY: every backend runs the reference until the fused convlstm_gates ops are registered.
-    chosen = "reference"
     if chosen == "reference":
         return reference.convlstm_gates(gates, c_prev, w_ci, w_cf, w_co)
-    raise AssertionError("unreachable until the fused ops exist")
+    op, backward_op = convlstm_gates_ops(chosen)
+    return call_convlstm_gates(op, backward_op, gates, c_prev, w_ci, w_cf, w_co)
