@@ -28,4 +28,17 @@ TORCH_LIBRARY(tskd_fast, m) {
   m.def(
       "dtd_weight(Tensor student, Tensor teacher, Tensor? target, int mode, float gamma, int ka, "
       "int ignore_index) -> Tensor");
+  // ConvLSTM gate math after the convolution: gates (B, 4 C_h, H, W) in the order i, f, g, o,
+  // c_prev (B, C_h, H, W), optional peepholes (C_h, H, W) or (1, C_h, H, W) -> the new (h, c),
+  // in the layout of gates (channels_last or NCHW).
+  m.def(
+      "convlstm_gates(Tensor gates, Tensor c_prev, Tensor? w_ci=None, Tensor? w_cf=None, "
+      "Tensor? w_co=None) -> (Tensor h, Tensor c)");
+  // Its backward from the saved inputs alone (the activations are recomputed): an absent grad_h
+  // or grad_c is zero. The peephole gradients (batch sums, of the peephole's shape) are computed
+  // for the peepholes given when peephole_grads is true, else returned as empty (0,) tensors.
+  m.def(
+      "convlstm_gates_backward(Tensor? grad_h, Tensor? grad_c, Tensor gates, Tensor c_prev, "
+      "Tensor? w_ci, Tensor? w_cf, Tensor? w_co, bool peephole_grads) -> (Tensor grad_gates, "
+      "Tensor grad_c_prev, Tensor grad_w_ci, Tensor grad_w_cf, Tensor grad_w_co)");
 }

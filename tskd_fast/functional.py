@@ -10,10 +10,18 @@ from __future__ import annotations
 import torch
 
 from tskd_fast import reference
-from tskd_fast.ops import KA_MODES, call_kd_loss, dtd_weight_op, kd_loss_op, resolve_backend
+from tskd_fast.ops import (
+    KA_MODES,
+    call_convlstm_gates,
+    call_kd_loss,
+    convlstm_gates_ops,
+    dtd_weight_op,
+    kd_loss_op,
+    resolve_backend,
+)
 from tskd_fast.reference.dtd import temperatures_from_weights
 
-__all__ = ["kd_loss", "dtd_temperature", "dtd_weight"]
+__all__ = ["convlstm_gates", "kd_loss", "dtd_temperature", "dtd_weight"]
 
 REDUCTIONS = ("batchmean", "sum", "none")
 SCALES = ("tau2", "none")
@@ -259,3 +267,79 @@ def dtd_temperature(
         raise ValueError(f"beta must be finite, got {beta}")
     w = dtd_weight(student_logits, teacher_logits, mode, gamma, target, ka, ignore_index, backend)
     return temperatures_from_weights(w, t0, beta, min_temperature)
+
+
+_GATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _check_convlstm_inputs(
+    gates: torch.Tensor, c_prev: torch.Tensor, peepholes: dict[str, torch.Tensor | None]
+) -> None:
+    for name, t in (("gates", gates), ("c_prev", c_prev)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in _GATE_DTYPES:
+            raise ValueError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
+    if c_prev.dim() != 4:
+        raise ValueError(f"c_prev must be 4-D (B, C_h, H, W), got shape {tuple(c_prev.shape)}")
+    batch, hidden, height, width = c_prev.shape
+    expected = (batch, 4 * hidden, height, width)
+    if gates.dim() != 4 or tuple(gates.shape) != expected:
+        raise ValueError(
+            f"gates must have shape (B, 4*C_h, H, W) = {expected} for c_prev of shape "
+            f"{tuple(c_prev.shape)} (channels in the order i, f, g, o), got {tuple(gates.shape)}"
+        )
+    if c_prev.dtype != gates.dtype:
+        raise ValueError(f"c_prev must have the dtype of gates ({gates.dtype}), got {c_prev.dtype}")
+    if c_prev.device != gates.device:
+        raise ValueError(f"c_prev is on {c_prev.device} but gates is on {gates.device}")
+    for name, w in peepholes.items():
+        if w is None:
+            continue
+        if not isinstance(w, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor or None, got {type(w).__name__}")
+        if tuple(w.shape) not in ((hidden, height, width), (1, hidden, height, width)):
+            raise ValueError(
+                f"{name} must have shape (C_h, H, W) = {(hidden, height, width)} or "
+                f"(1, C_h, H, W) = {(1, hidden, height, width)}, got {tuple(w.shape)}"
+            )
+        if w.dtype != gates.dtype:
+            raise ValueError(f"{name} must have the dtype of gates ({gates.dtype}), got {w.dtype}")
+        if w.device != gates.device:
+            raise ValueError(f"{name} is on {w.device} but gates is on {gates.device}")
+
+
+def convlstm_gates(
+    gates: torch.Tensor,
+    c_prev: torch.Tensor,
+    w_ci: torch.Tensor | None = None,
+    w_cf: torch.Tensor | None = None,
+    w_co: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The elementwise part of a ConvLSTM cell after its convolution, fused.
+
+    With a_i, a_f, a_g, a_o the four channel blocks of gates (in that order):
+        i = sigmoid(a_i + w_ci * c_prev), f = sigmoid(a_f + w_cf * c_prev), g = tanh(a_g),
+        c = f * c_prev + i * g, o = sigmoid(a_o + w_co * c), h = o * tanh(c).
+    A missing peephole is zero. Math in float32 (float64 for float64 inputs).
+
+    Args:
+        gates: (B, 4*C_h, H, W) pre-activations, float32, float16, bfloat16 or float64; NCHW or
+            channels_last.
+        c_prev: (B, C_h, H, W) previous cell state, same dtype and device.
+        w_ci, w_cf, w_co: optional peepholes of shape (C_h, H, W) or (1, C_h, H, W), same dtype
+            and device; shared over the batch, so their gradients are summed over it.
+        backend: see the module docstring.
+
+    Returns:
+        (h, c): the new hidden and cell states, each (B, C_h, H, W) in the dtype of gates.
+        Gradients reach gates, c_prev and every peephole given.
+    """
+    peepholes = {"w_ci": w_ci, "w_cf": w_cf, "w_co": w_co}
+    _check_convlstm_inputs(gates, c_prev, peepholes)
+    chosen = resolve_backend(backend, gates.device)
+    if chosen == "reference":
+        return reference.convlstm_gates(gates, c_prev, w_ci, w_cf, w_co)
+    op, backward_op = convlstm_gates_ops(chosen)
+    return call_convlstm_gates(op, backward_op, gates, c_prev, w_ci, w_cf, w_co)

@@ -1,7 +1,8 @@
 """Op registration: the C++ ops (tskd_fast._C), the Triton ops, and the choice between them.
 
-`torch.ops.tskd_fast.kd_loss` and `torch.ops.tskd_fast.dtd_weight` are the C++ ops (CPU and,
-when built, CUDA); `torch.ops.tskd_fast.kd_loss_triton` and `dtd_weight_triton` are the Triton
+`torch.ops.tskd_fast.kd_loss`, `dtd_weight`, `convlstm_gates` and `convlstm_gates_backward` are
+the C++ ops (CPU and, when built, CUDA); `torch.ops.tskd_fast.kd_loss_triton`,
+`dtd_weight_triton`, `convlstm_gates_triton` and `convlstm_gates_backward_triton` are the Triton
 ops, defined when the Triton backend is first used. All share one autograd formula and one fake
 kernel, so they work with autograd, torch.compile and torch.library.opcheck alike.
 """
@@ -12,12 +13,15 @@ import torch
 
 from tskd_fast.ops import _extension
 from tskd_fast.ops.backend import BACKENDS, resolve_backend, triton_available
+from tskd_fast.ops.convlstm_gates import call_convlstm_gates, register_convlstm_gates_ops
 from tskd_fast.ops.kd_loss import KA_MODES, call_kd_loss, dtd_weight_fake, register_kd_loss_op
 
 __all__ = [
     "BACKENDS",
     "KA_MODES",
+    "call_convlstm_gates",
     "call_kd_loss",
+    "convlstm_gates_ops",
     "dtd_weight_op",
     "kd_loss_op",
     "resolve_backend",
@@ -27,6 +31,11 @@ __all__ = [
 if _extension.has_cpu_kernels():
     register_kd_loss_op("tskd_fast::kd_loss")
     torch.library.register_fake("tskd_fast::dtd_weight", dtd_weight_fake)
+    register_convlstm_gates_ops(
+        "tskd_fast::convlstm_gates",
+        "tskd_fast::convlstm_gates_backward",
+        torch.ops.tskd_fast.convlstm_gates_backward.default,
+    )
 
 
 def kd_loss_op(backend: str):
@@ -45,3 +54,13 @@ def dtd_weight_op(backend: str):
 
         return triton_dtd_weight.dtd_weight_triton
     return torch.ops.tskd_fast.dtd_weight.default
+
+
+def convlstm_gates_ops(backend: str):
+    """(forward op, backward op) of the ConvLSTM gates for a resolved backend ("cpu", "cuda" or
+    "triton")."""
+    if backend == "triton":
+        from tskd_fast.ops.triton import convlstm_gates as triton_convlstm
+
+        return triton_convlstm.convlstm_gates_triton, triton_convlstm.convlstm_gates_backward_triton
+    return torch.ops.tskd_fast.convlstm_gates.default, torch.ops.tskd_fast.convlstm_gates_backward.default
