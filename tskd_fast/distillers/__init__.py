@@ -1,12 +1,12 @@
 """Distillation methods behind one registry (``distiller.name`` in the config).
 
 Built in: ``vanilla`` (CE only: teachers and baselines), ``kd`` (Hinton), ``dtd_ka`` (dynamic
-temperatures + knowledge adjustment). A method is a ``Distiller`` class (see ``base``) plus a
-``register_method`` entry with its default loss-term weights; combining methods is a matter of
+temperatures + knowledge adjustment), ``reviewkd`` (ABF review stack + HCL). A method is a
+``Distiller`` class (see ``base``) plus a ``register_method`` entry with its default loss-term weights; combining methods is a matter of
 setting weights in ``distiller.terms`` (e.g. ``distiller.terms.dtd_ka=0.5`` next to ``kd``).
 """
 
-from tskd_fast.distillers import dtd_ka, kd, terms, vanilla  # noqa: F401  (registration)
+from tskd_fast.distillers import dtd_ka, kd, reviewkd, terms, vanilla  # noqa: F401  (registration)
 from tskd_fast.distillers.base import Distiller, unwrap
 from tskd_fast.distillers.registry import (
     MethodEntry,
