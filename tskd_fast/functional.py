@@ -12,7 +12,17 @@ from collections.abc import Sequence
 import torch
 
 from tskd_fast import reference
-from tskd_fast.ops import KA_MODES, call_kd_loss, dtd_weight_op, kd_loss_op, resolve_backend
+from tskd_fast.ops import (
+    KA_MODES,
+    abf_fuse_ops,
+    call_abf_fuse,
+    call_hcl_loss,
+    call_kd_loss,
+    dtd_weight_op,
+    hcl_loss_op,
+    kd_loss_op,
+    resolve_backend,
+)
 
 __all__ = ["abf_fuse", "dtd_temperature", "dtd_weight", "hcl_loss", "kd_loss"]
 
@@ -335,11 +345,13 @@ def abf_fuse(
     """
     _check_abf_inputs(x, y, att_weight, att_bias)
     chosen = resolve_backend(backend, x.device)
-    # TEMPORARY: every backend runs the reference until the fused ABF ops are registered.
-    chosen = "reference"
     if chosen == "reference":
         return reference.abf_fuse(x, y, att_weight, att_bias)
-    raise AssertionError("unreachable")
+    opmath = torch.float64 if x.dtype == torch.float64 else torch.float32
+    weight = att_weight.reshape(2, -1).to(opmath)
+    bias = att_bias.to(opmath)
+    forward_op, backward_op = abf_fuse_ops(chosen)
+    return call_abf_fuse(forward_op, backward_op, x, y, weight, bias)
 
 
 def _feature_pairs(
@@ -415,8 +427,12 @@ def hcl_loss(
     students, teachers = _feature_pairs(student_feats, teacher_feats)
     levels = _check_hcl_inputs(students, teachers, levels)
     chosen = resolve_backend(backend, students[0].device)
-    # TEMPORARY: every backend runs the reference until the fused HCL ops are registered.
-    chosen = "reference"
     if chosen == "reference":
         return reference.hcl_loss(students, [ft.detach() for ft in teachers], levels)
-    raise AssertionError("unreachable")
+    op = hcl_loss_op(chosen)
+    total = None
+    for fs, ft in zip(students, teachers, strict=True):
+        compute_grad = fs.requires_grad and torch.is_grad_enabled()
+        loss, _ = call_hcl_loss(op, fs, ft.detach(), list(levels), compute_grad, 1.0)
+        total = loss if total is None else total + loss
+    return total.to(students[0].dtype)
