@@ -12,7 +12,8 @@ from tskd_fast import functional as F
 from tskd_fast import reference
 
 BACKENDS = kernel_backends()
-# (N, M, h, w, h', w'): a broadcast 1x1 residual, non-integer ratios, 2x, equal sizes.
+# (N, M, h, w, h', w'): a broadcast 1x1 residual, non-integer ratios, 2x, equal sizes, a ratio
+# where the float scale differs from the exact floor(dst * in / out).
 CASES = [
     (2, 5, 7, 7, 1, 1),
     (2, 6, 7, 7, 3, 3),
@@ -20,6 +21,7 @@ CASES = [
     (2, 4, 8, 6, 4, 3),
     (1, 7, 5, 9, 5, 9),
     (2, 3, 6, 7, 4, 2),
+    (1, 2, 46, 3, 14, 3),  # 14 -> 46: F.interpolate's float scale reads row 6 at row 23, not 7
 ]
 SMALL_CASES = CASES[:2] + CASES[3:4]  # for the slow interpreted Triton runs and reduced dtypes
 

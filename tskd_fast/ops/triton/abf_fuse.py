@@ -228,9 +228,11 @@ def _layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def _map_strides(t: torch.Tensor) -> tuple[int, int, int]:
-    """(batch, channel, pixel) strides of a map in a kernel layout (pixels flattened)."""
-    return t.stride(0), t.stride(1), t.stride(3)
+def _map_strides(t: torch.Tensor, channels_last: bool) -> tuple[int, int, int]:
+    """(batch, channel, pixel) strides of a map contiguous in a kernel layout (pixels flattened).
+    Canonical ones: a size-1 dimension may report any stride, which is no pixel stride."""
+    m, hw = t.shape[1], t.shape[2] * t.shape[3]
+    return (m * hw, 1, m) if channels_last else (m * hw, hw, 1)
 
 
 def _abf_fuse_triton_impl(
@@ -259,8 +261,8 @@ def _abf_fuse_triton_impl(
                 gates,
                 m,
                 h * w,
-                *_map_strides(x),
-                *_map_strides(y),
+                *_map_strides(x, channels_last),
+                *_map_strides(y, channels_last),
                 ACC=tl.float64 if acc == torch.float64 else tl.float32,
                 BLOCK_P=BLOCK_P,
                 BLOCK_C=BLOCK_C,
@@ -308,8 +310,8 @@ def _abf_fuse_backward_triton_impl(
                 partials,
                 m,
                 h * w,
-                *_map_strides(x),
-                *_map_strides(y),
+                *_map_strides(x, channels_last),
+                *_map_strides(y, channels_last),
                 ACC=tl.float64 if acc == torch.float64 else tl.float32,
                 BLOCK_P=BLOCK_P,
                 BLOCK_C=BLOCK_C,
