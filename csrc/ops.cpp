@@ -41,4 +41,18 @@ TORCH_LIBRARY(tskd_fast, m) {
       "convlstm_gates_backward(Tensor? grad_h, Tensor? grad_c, Tensor gates, Tensor c_prev, "
       "Tensor? w_ci, Tensor? w_cf, Tensor? w_co, bool peephole_grads) -> (Tensor grad_gates, "
       "Tensor grad_c_prev, Tensor grad_w_ci, Tensor grad_w_cf, Tensor grad_w_co)");
+  // ReviewKD attention fusion: fused = x z_0 + y_up z_1, z = sigmoid(W [x; y_up] + b) per pixel,
+  // y_up the nearest upsampling of y to x's size (never materialised). x (N, M, h, w), y (N, M,
+  // yh, yw), weight (2, 2M) and bias (2,) of the opmath type. gates: z (N, h * w, 2), opmath.
+  m.def("abf_fuse(Tensor x, Tensor y, Tensor weight, Tensor bias) -> (Tensor fused, Tensor gates)");
+  // Its gradients from d loss / d fused and the saved gates (grad_weight, grad_bias opmath).
+  m.def(
+      "abf_fuse_backward(Tensor grad, Tensor x, Tensor y, Tensor weight, Tensor gates) -> "
+      "(Tensor grad_x, Tensor grad_y, Tensor grad_weight, Tensor grad_bias)");
+  // ReviewKD hierarchical context loss of one stage pair, every level in one pass: loss (0-d,
+  // float32, float64 for float64 maps) and, when compute_grad, grad_scale times d loss / d
+  // student (the student's shape, dtype and layout). The teacher gets no gradient.
+  m.def(
+      "hcl_loss(Tensor student, Tensor teacher, int[] levels, bool compute_grad, "
+      "float grad_scale=1.) -> (Tensor loss, Tensor grad)");
 }

@@ -7,21 +7,27 @@ C++ kernels for CPU tensors and, on CUDA, the CUDA C++ kernels when built, else 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from tskd_fast import reference
 from tskd_fast.ops import (
     KA_MODES,
+    abf_fuse_ops,
+    call_abf_fuse,
     call_convlstm_gates,
+    call_hcl_loss,
     call_kd_loss,
     convlstm_gates_ops,
     dtd_weight_op,
+    hcl_loss_op,
     kd_loss_op,
     resolve_backend,
 )
 from tskd_fast.reference.dtd import temperatures_from_weights
 
-__all__ = ["convlstm_gates", "kd_loss", "dtd_temperature", "dtd_weight"]
+__all__ = ["abf_fuse", "convlstm_gates", "dtd_temperature", "dtd_weight", "hcl_loss", "kd_loss"]
 
 REDUCTIONS = ("batchmean", "sum", "none")
 SCALES = ("tau2", "none")
@@ -343,3 +349,171 @@ def convlstm_gates(
         return reference.convlstm_gates(gates, c_prev, w_ci, w_cf, w_co)
     op, backward_op = convlstm_gates_ops(chosen)
     return call_convlstm_gates(op, backward_op, gates, c_prev, w_ci, w_cf, w_co)
+
+
+FEATURE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _check_feature(name: str, t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FEATURE_DTYPES:
+        raise ValueError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+
+
+def _check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if t.dtype != ref.dtype:
+        raise ValueError(f"{name} is {t.dtype} but {ref_name} is {ref.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def _check_abf_inputs(
+    x: torch.Tensor, y: torch.Tensor, att_weight: torch.Tensor, att_bias: torch.Tensor
+) -> None:
+    _check_feature("x", x)
+    _check_feature("y", y)
+    _check_same("y", y, "x", x)
+    n, m, h, w = x.shape
+    if y.shape[0] != n:
+        raise ValueError(f"y (the residual) has batch size {y.shape[0]} but x has {n}")
+    if y.shape[1] != m:
+        raise ValueError(f"y (the residual) has {y.shape[1]} channels but x has {m}")
+    if y.shape[2] > h or y.shape[3] > w:
+        raise ValueError(
+            f"y (the residual) of spatial size {tuple(y.shape[2:])} cannot be fused into x of size "
+            f"{(h, w)}: the residual is upsampled, so it must be at most as large as x"
+        )
+    for name, t in (("att_weight", att_weight), ("att_bias", att_bias)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point torch.Tensor")
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+    if tuple(att_weight.shape) not in ((2, 2 * m, 1, 1), (2, 2 * m)):
+        raise ValueError(
+            f"att_weight must have shape (2, 2M, 1, 1) or (2, 2M) = (2, {2 * m}) for M = {m} channels, "
+            f"got {tuple(att_weight.shape)}"
+        )
+    if tuple(att_bias.shape) != (2,):
+        raise ValueError(f"att_bias must have shape (2,), got {tuple(att_bias.shape)}")
+
+
+def abf_fuse(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    att_weight: torch.Tensor,
+    att_bias: torch.Tensor,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """ReviewKD's attention fusion: x * z0 + y_up * z1, z = sigmoid(conv1x1(cat[x, y_up])).
+
+    Args:
+        x: (N, M, h, w) float32, float16, bfloat16 (or float64 on the CPU), NCHW or channels_last.
+        y: (N, M, h', w') the residual, same dtype and device, h' <= h and w' <= w; y_up is its
+            nearest upsampling to (h, w) (src = floor(dst * h' / h), as F.interpolate), never
+            materialised by the fused kernels.
+        att_weight: (2, 2M, 1, 1) or (2, 2M) weights of the 1x1 attention conv over [x; y_up].
+        att_bias: (2,).
+        backend: see the module docstring.
+
+    Returns:
+        fused (N, M, h, w) in x's dtype and memory format. Gradients reach x, y, att_weight and
+        att_bias; the kernels compute in float32 (float64 for float64 inputs).
+    """
+    _check_abf_inputs(x, y, att_weight, att_bias)
+    chosen = resolve_backend(backend, x.device)
+    if chosen == "reference":
+        return reference.abf_fuse(x, y, att_weight, att_bias)
+    opmath = torch.float64 if x.dtype == torch.float64 else torch.float32
+    weight = att_weight.reshape(2, -1).to(opmath)
+    bias = att_bias.to(opmath)
+    forward_op, backward_op = abf_fuse_ops(chosen)
+    return call_abf_fuse(forward_op, backward_op, x, y, weight, bias)
+
+
+def _feature_pairs(
+    student_feats: Sequence[torch.Tensor] | torch.Tensor, teacher_feats: Sequence[torch.Tensor] | torch.Tensor
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    single_s, single_t = isinstance(student_feats, torch.Tensor), isinstance(teacher_feats, torch.Tensor)
+    if single_s != single_t:
+        raise ValueError(
+            "student_feats and teacher_feats must both be tensors or both be sequences of tensors"
+        )
+    if single_s:
+        return [student_feats], [teacher_feats]
+    students, teachers = list(student_feats), list(teacher_feats)
+    if len(students) != len(teachers):
+        raise ValueError(
+            f"student_feats has {len(students)} levels but teacher_feats has {len(teachers)}: "
+            f"one teacher feature per student feature is needed"
+        )
+    if not students:
+        raise ValueError("student_feats is empty: at least one stage pair is needed")
+    return students, teachers
+
+
+def _check_hcl_inputs(students: list[torch.Tensor], teachers: list[torch.Tensor], levels) -> tuple[int, ...]:
+    for i, (fs, ft) in enumerate(zip(students, teachers, strict=True)):
+        s_name, t_name = f"student_feats[{i}]", f"teacher_feats[{i}]"
+        _check_feature(s_name, fs)
+        _check_feature(t_name, ft)
+        _check_same(t_name, ft, s_name, fs)
+        _check_same(s_name, fs, "student_feats[0]", students[0])
+        if ft.shape[0] != fs.shape[0]:
+            raise ValueError(f"{t_name} has batch size {ft.shape[0]} but {s_name} has {fs.shape[0]}")
+        if ft.shape[1] != fs.shape[1]:
+            raise ValueError(f"{t_name} has {ft.shape[1]} channels but {s_name} has {fs.shape[1]}")
+        if ft.shape != fs.shape:
+            raise ValueError(
+                f"{t_name} has spatial size {tuple(ft.shape[2:])} but {s_name} has {tuple(fs.shape[2:])}: "
+                f"HCL compares features of one size"
+            )
+    if isinstance(levels, int) or not all(isinstance(lv, int) and not isinstance(lv, bool) for lv in levels):
+        raise ValueError(f"levels must be a sequence of ints, got {levels!r}")
+    levels = tuple(levels)
+    if any(lv < 1 for lv in levels):
+        raise ValueError(f"levels must all be >= 1 (pooled sizes), got {levels}")
+    return levels
+
+
+def hcl_loss(
+    student_feats: Sequence[torch.Tensor] | torch.Tensor,
+    teacher_feats: Sequence[torch.Tensor] | torch.Tensor,
+    levels: Sequence[int] = (4, 2, 1),
+    backend: str = "auto",
+) -> torch.Tensor:
+    """ReviewKD's hierarchical context loss, summed over stage pairs.
+
+    Per pair (fs, ft), both (N, C, H, W): (MSE(fs, ft) + sum_l w_l MSE(pool_l(fs), pool_l(ft)))
+    / (1 + sum_l w_l), l over `levels` in order skipping l >= H, w_l = 0.5, 0.25, ... over the
+    included levels, pool_l adaptive average pooling to l x l (overlapping windows when l does not
+    divide the size). The pairs' losses are summed with no weighting.
+
+    Args:
+        student_feats: a (N, C, H, W) tensor or a sequence of them (one per stage), float32,
+            float16, bfloat16 (or float64 on the CPU), one dtype, NCHW or channels_last.
+        teacher_feats: the same number of features, each the shape, dtype and device of its
+            student feature; they receive no gradient.
+        levels: the pooled sizes, each >= 1.
+        backend: see the module docstring.
+
+    Returns:
+        The loss, a 0-d tensor in the student features' dtype (computed in float32, float64 for
+        float64 features).
+    """
+    students, teachers = _feature_pairs(student_feats, teacher_feats)
+    levels = _check_hcl_inputs(students, teachers, levels)
+    chosen = resolve_backend(backend, students[0].device)
+    if chosen == "reference":
+        return reference.hcl_loss(students, [ft.detach() for ft in teachers], levels)
+    op = hcl_loss_op(chosen)
+    total = None
+    for fs, ft in zip(students, teachers, strict=True):
+        compute_grad = fs.requires_grad and torch.is_grad_enabled()
+        loss, _ = call_hcl_loss(op, fs, ft.detach(), list(levels), compute_grad, 1.0)
+        total = loss if total is None else total + loss
+    return total.to(students[0].dtype)

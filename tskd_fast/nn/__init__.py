@@ -1,7 +1,10 @@
 """Drop-in modules over tskd_fast.functional."""
 
+from tskd_fast.nn.abf import ABF
 from tskd_fast.nn.convlstm import ConvLSTM, ConvLSTMCell, permute_gate_blocks
+from tskd_fast.nn.hcl import HCLLoss
 from tskd_fast.nn.kd_loss import DTDKDLoss, DTDTemperature, KDLoss
+from tskd_fast.nn.review import PRESETS, ReviewKDFusion, ReviewKDPreset
 from tskd_fast.nn.tskd import (
     EncoderForecaster,
     TSKDReview,
@@ -12,12 +15,17 @@ from tskd_fast.nn.tskd import (
 )
 
 __all__ = [
+    "ABF",
+    "PRESETS",
     "ConvLSTM",
     "ConvLSTMCell",
     "DTDKDLoss",
     "DTDTemperature",
     "EncoderForecaster",
+    "HCLLoss",
     "KDLoss",
+    "ReviewKDFusion",
+    "ReviewKDPreset",
     "TSKDReview",
     "attention_gap",
     "attention_map",

@@ -1,9 +1,8 @@
 """Op registration: the C++ ops (tskd_fast._C), the Triton ops, and the choice between them.
 
-`torch.ops.tskd_fast.kd_loss`, `dtd_weight`, `convlstm_gates` and `convlstm_gates_backward` are
-the C++ ops (CPU and, when built, CUDA); `torch.ops.tskd_fast.kd_loss_triton`,
-`dtd_weight_triton`, `convlstm_gates_triton` and `convlstm_gates_backward_triton` are the Triton
-ops, defined when the Triton backend is first used. All share one autograd formula and one fake
+`torch.ops.tskd_fast.kd_loss`, `dtd_weight`, `convlstm_gates` (+ `convlstm_gates_backward`),
+`abf_fuse` (+ `abf_fuse_backward`) and `hcl_loss` are the C++ ops (CPU and, when built, CUDA);
+`torch.ops.tskd_fast.<op>_triton` are the Triton ops, defined when the Triton backend is first used. All share one autograd formula and one fake
 kernel, so they work with autograd, torch.compile and torch.library.opcheck alike.
 """
 
@@ -12,17 +11,23 @@ from __future__ import annotations
 import torch
 
 from tskd_fast.ops import _extension
+from tskd_fast.ops.abf_fuse import call_abf_fuse, register_abf_fuse_ops
 from tskd_fast.ops.backend import BACKENDS, resolve_backend, triton_available
 from tskd_fast.ops.convlstm_gates import call_convlstm_gates, register_convlstm_gates_ops
+from tskd_fast.ops.hcl import call_hcl_loss, register_hcl_loss_op
 from tskd_fast.ops.kd_loss import KA_MODES, call_kd_loss, dtd_weight_fake, register_kd_loss_op
 
 __all__ = [
     "BACKENDS",
     "KA_MODES",
     "call_convlstm_gates",
+    "abf_fuse_ops",
+    "call_abf_fuse",
+    "call_hcl_loss",
     "call_kd_loss",
     "convlstm_gates_ops",
     "dtd_weight_op",
+    "hcl_loss_op",
     "kd_loss_op",
     "resolve_backend",
     "triton_available",
@@ -36,6 +41,8 @@ if _extension.has_cpu_kernels():
         "tskd_fast::convlstm_gates_backward",
         torch.ops.tskd_fast.convlstm_gates_backward.default,
     )
+    register_abf_fuse_ops("tskd_fast::abf_fuse", "tskd_fast::abf_fuse_backward")
+    register_hcl_loss_op("tskd_fast::hcl_loss")
 
 
 def kd_loss_op(backend: str):
@@ -64,3 +71,21 @@ def convlstm_gates_ops(backend: str):
 
         return triton_convlstm.convlstm_gates_triton, triton_convlstm.convlstm_gates_backward_triton
     return torch.ops.tskd_fast.convlstm_gates.default, torch.ops.tskd_fast.convlstm_gates_backward.default
+
+
+def abf_fuse_ops(backend: str):
+    """The (forward, backward) ABF-fusion ops of a resolved backend ("cpu", "cuda" or "triton")."""
+    if backend == "triton":
+        from tskd_fast.ops.triton import abf_fuse as triton_abf_fuse
+
+        return triton_abf_fuse.abf_fuse_triton, triton_abf_fuse.abf_fuse_backward_triton
+    return torch.ops.tskd_fast.abf_fuse.default, torch.ops.tskd_fast.abf_fuse_backward.default
+
+
+def hcl_loss_op(backend: str):
+    """The hcl_loss op of a resolved backend ("cpu", "cuda" or "triton")."""
+    if backend == "triton":
+        from tskd_fast.ops.triton import hcl as triton_hcl
+
+        return triton_hcl.hcl_loss_triton
+    return torch.ops.tskd_fast.hcl_loss.default

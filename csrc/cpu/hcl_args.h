@@ -1,0 +1,48 @@
+#pragma once
+
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+
+#include "tskd_fast/hcl_math.h"
+
+// Arguments of the CPU HCL kernel (csrc/cpu/hcl_kernel.h), filled by csrc/cpu/hcl.cpp after the
+// inputs are checked; compiled once per vector ISA (csrc/cpu/isa/abf_fuse_hcl_<isa>.cpp).
+namespace tskd_fast::cpu {
+
+struct HclArgs {
+  const void* student;  // (N, C, H, W), NCHW- or (channels_last) NHWC-contiguous
+  const void* teacher;  // same shape and layout
+  void* grad;           // same shape and layout, or nullptr
+  double* partials;     // (partial_count(),): per-task sums of the plane terms (hcl_math.h)
+  int64_t n, c, h, w;
+  HclLevels levels;
+  double grad_factor;  // grad_scale * 2 / (tot N C)
+  bool channels_last;
+  c10::ScalarType dtype;
+};
+
+// Channels per task on the channels_last path, and elements per task when no level applies.
+constexpr int64_t kHclChannelBlock = 16;
+constexpr int64_t kHclFlatChunk = 16384;
+
+// How many partial sums the kernel writes: one per task, a fixed partition (deterministic).
+inline int64_t hcl_partial_count(const HclArgs& a) {
+  if (a.levels.count == 0) return (a.n * a.c * a.h * a.w + kHclFlatChunk - 1) / kHclFlatChunk;
+  if (a.channels_last) return a.n * ((a.c + kHclChannelBlock - 1) / kHclChannelBlock);
+  return a.n * a.c;
+}
+
+#define TSKD_FAST_DECLARE_HCL_KERNELS(ISA) \
+  namespace ISA {                          \
+  void hcl_kernel(const HclArgs& a);       \
+  }
+
+TSKD_FAST_DECLARE_HCL_KERNELS(DEFAULT)
+#if TSKD_FAST_X86_ISA
+TSKD_FAST_DECLARE_HCL_KERNELS(AVX2)
+TSKD_FAST_DECLARE_HCL_KERNELS(AVX512)
+#endif
+#undef TSKD_FAST_DECLARE_HCL_KERNELS
+
+}  // namespace tskd_fast::cpu

@@ -1,0 +1,86 @@
+"""The HCL ops as PyTorch ops: opcheck of every backend's op, float64 gradcheck of the CPU op,
+torch.compile(fullgraph=True) of ABF fusion and HCL together, and the ops' own input checks."""
+
+import pytest
+import torch
+
+from tests.conftest import device_of, kernel_backends
+from tskd_fast import functional as F
+from tskd_fast.ops import hcl_loss_op
+
+BACKENDS = kernel_backends()
+
+
+def pair(backend="cpu", dtype=torch.float32, shape=(2, 3, 7, 7), channels_last=False):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fs = torch.randn(shape, dtype=dtype, device=device_of(backend)).contiguous(memory_format=fmt)
+    ft = torch.randn(shape, dtype=dtype, device=device_of(backend)).contiguous(memory_format=fmt)
+    return fs, ft
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck(backend, channels_last, dtype):
+    op = hcl_loss_op(backend)
+    # The Triton interpreter runs a program per plane and opcheck calls the op many times.
+    shape = (1, 2, 5, 5) if backend == "triton" else (2, 3, 7, 7)
+    fs, ft = pair(backend, dtype, shape, channels_last)
+    torch.library.opcheck(op, (fs.requires_grad_(True), ft, [4, 2, 1], True, 1.0))
+    torch.library.opcheck(op, (fs.detach(), ft, [3], False))
+
+
+def test_gradcheck_float64_cpu():
+    if "cpu" not in BACKENDS:
+        pytest.skip("tskd_fast._C is not built")
+    for shape, channels_last in (((2, 3, 7, 7), False), ((1, 18, 5, 6), True), ((2, 2, 1, 1), False)):
+        fs, ft = pair("cpu", torch.float64, shape, channels_last)
+        fs.requires_grad_(True)
+        assert torch.autograd.gradcheck(
+            lambda z, t=ft: F.hcl_loss(z, t, backend="cpu"), (fs,), eps=1e-6, atol=1e-8, rtol=1e-5
+        )
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
+def test_torch_compile_fullgraph_abf_then_hcl(backend):
+    device = device_of(backend)
+    x = torch.randn(2, 4, 8, 8, device=device)
+    y = torch.randn(2, 4, 4, 4, device=device)
+    weight = torch.randn(2, 8, device=device)
+    bias = torch.randn(2, device=device)
+    teachers = [torch.randn(2, 4, 8, 8, device=device), torch.randn(2, 4, 4, 4, device=device)]
+
+    def step(x, y):
+        fused = F.abf_fuse(x, y, weight, bias, backend=backend)
+        return F.hcl_loss([fused, y], teachers, backend=backend)
+
+    compiled = torch.compile(step, fullgraph=True, backend="inductor")
+    xe, ye = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    xc, yc = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    eager = step(xe, ye)
+    eager.backward()
+    traced = compiled(xc, yc)
+    traced.backward()
+    torch.testing.assert_close(traced, eager)
+    torch.testing.assert_close(xc.grad, xe.grad)
+    torch.testing.assert_close(yc.grad, ye.grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_op_errors_name_the_argument(backend):
+    op = hcl_loss_op(backend)
+    fs, ft = pair(backend)
+    with pytest.raises(RuntimeError, match="teacher must have the shape of student"):
+        op(fs, ft[:, :2], [4, 2, 1], True)
+    with pytest.raises(RuntimeError, match="teacher must be Float"):
+        op(fs, ft.double(), [4, 2, 1], True)
+    with pytest.raises(RuntimeError, match="levels must all be >= 1"):
+        op(fs, ft, [4, 0], True)
+    with pytest.raises(RuntimeError, match="at most 8 levels"):
+        op(fs, ft, [1] * 9, True)
+    with pytest.raises(RuntimeError, match="student must be 4-D"):
+        op(fs[0], ft[0], [4], True)
+    with pytest.raises(RuntimeError, match="student is empty"):
+        op(fs[:0], ft[:0], [4], True)
+    with pytest.raises(RuntimeError, match="grad_scale must be finite"):
+        op(fs, ft, [4], True, float("inf"))
