@@ -1,13 +1,14 @@
 """Distillation methods behind one registry (``distiller.name`` in the config).
 
 Built in: ``vanilla`` (CE only: teachers and baselines), ``kd`` (Hinton), ``dtd_ka`` (dynamic
-temperatures + knowledge adjustment). A method is a ``Distiller`` class (see ``base``) plus a
+temperatures + knowledge adjustment), ``tst`` (KD on learned-augmented batches with augmentation
+search phases). A method is a ``Distiller`` class (see ``base``) plus a
 ``register_method`` entry with its default loss-term weights; combining methods is a matter of
 setting weights in ``distiller.terms`` (e.g. ``distiller.terms.dtd_ka=0.5`` next to ``kd``).
 """
 
-from tskd_fast.distillers import dtd_ka, kd, terms, vanilla  # noqa: F401  (registration)
-from tskd_fast.distillers.base import Distiller, unwrap
+from tskd_fast.distillers import dtd_ka, kd, terms, tst, vanilla  # noqa: F401  (registration)
+from tskd_fast.distillers.base import Distiller, RunInfo, unwrap
 from tskd_fast.distillers.registry import (
     MethodEntry,
     TermEntry,
@@ -22,6 +23,7 @@ __all__ = [
     "Distiller",
     "LossTerm",
     "MethodEntry",
+    "RunInfo",
     "StepOutputs",
     "TermEntry",
     "get_method",
