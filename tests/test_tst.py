@@ -159,3 +159,23 @@ def test_packaged_configs_resolve():
         cfg = load_config(f"configs/cifar100/tst/{name}")
         assert cfg["distiller"]["name"] == "tst" and cfg["dataset"]["name"] == "cifar100"
         assert cfg["distiller"]["tst"]["search_at"] == [0.125, 0.375]
+
+
+def test_training_set_normalisation_is_found():
+    from torch.utils.data import Subset
+
+    from tskd_fast.data.tensor_dataset import AugmentedTensorDataset
+    from tskd_fast.data.transforms import cifar_transforms
+    from tskd_fast.engine.normalisation import normalisation_of
+
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    memory = AugmentedTensorDataset(images, torch.zeros(4, dtype=torch.long), MEAN, STD)
+    mean, std = normalisation_of(Subset(memory, [0, 1]))
+    torch.testing.assert_close(torch.tensor(mean), torch.tensor(MEAN))
+    torch.testing.assert_close(torch.tensor(std), torch.tensor(STD))
+
+    class Folder:
+        transform = cifar_transforms(32, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6))[0]
+
+    assert normalisation_of(Folder()) == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
+    assert normalisation_of(object()) is None
