@@ -2,14 +2,14 @@
 
 Built in: ``vanilla`` (CE only: teachers and baselines), ``kd`` (Hinton), ``dtd_ka`` (dynamic
 temperatures + knowledge adjustment), ``tskd`` (KD + a ConvLSTM review of the student's own
-history; see ``tskd``), ``reviewkd`` (ABF review stack + HCL). A method is a ``Distiller`` class
-(see ``base``) plus a ``register_method`` entry with its default loss-term weights; combining
-methods is a matter of setting weights in ``distiller.terms`` (e.g. ``distiller.terms.dtd_ka=0.5``
-next to ``kd``).
+history), ``reviewkd`` (ABF review stack + HCL), ``tst`` (KD on learned-augmented batches with
+augmentation search phases). A method is a ``Distiller`` class (see ``base``) plus a
+``register_method`` entry with its default loss-term weights; combining methods is a matter of
+setting weights in ``distiller.terms`` (e.g. ``distiller.terms.dtd_ka=0.5`` next to ``kd``).
 """
 
-from tskd_fast.distillers import dtd_ka, kd, reviewkd, terms, tskd, vanilla  # noqa: F401  (registration)
-from tskd_fast.distillers.base import Distiller, unwrap
+from tskd_fast.distillers import dtd_ka, kd, reviewkd, terms, tskd, tst, vanilla  # noqa: F401  (registration)
+from tskd_fast.distillers.base import Distiller, RunInfo, unwrap
 from tskd_fast.distillers.registry import (
     MethodEntry,
     TermEntry,
@@ -24,6 +24,7 @@ __all__ = [
     "Distiller",
     "LossTerm",
     "MethodEntry",
+    "RunInfo",
     "StepOutputs",
     "TermEntry",
     "get_method",

@@ -11,17 +11,40 @@ weighted loss terms of the config. Methods with more machinery subclass it and u
 * ``extra_state()`` / ``load_extra_state(state)``: state that is not a module parameter (student
   snapshots, a method's own optimiser) so that ``--resume`` continues exactly.
 * ``run_extras(image, outputs)``: compute method outputs (e.g. adapter features) handed to the terms.
+* ``bind_run(info)``: what the run looks like (device, autocast dtype, data normalisation, folder).
+* Extra phases (TST's augmentation search): ``phase_passes(epoch, num_epochs)`` passes over the
+  training data run before that training epoch, each a sequence of ``phase_step(image, target,
+  epoch, index)`` calls between ``on_phase_pass_start`` and ``on_phase_pass_end``; the trainer
+  checkpoints after every pass, so ``--resume`` continues inside a phase.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from tskd_fast.distillers.terms import LossTerm, StepOutputs, build_term
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the trainer tells a distiller about the run before training (``bind_run``).
+
+    run_dir: the run folder on the process that writes files (rank 0), None on the others;
+    amp_dtype: the autocast dtype of the training steps (None: full precision);
+    mean / std: per-channel normalisation of the training images in [0, 1] units, when known.
+    """
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    run_dir: str | None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    world_size: int = 1
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -163,6 +186,29 @@ class Distiller(nn.Module):
 
     def on_epoch_end(self, epoch: int) -> None:
         """Called after each training epoch, before evaluation and the checkpoint."""
+
+    def bind_run(self, info: RunInfo) -> None:
+        """Called once by the trainer after the modules moved to the device and before training."""
+
+    def phase_passes(self, epoch: int, num_epochs: int) -> int:
+        """Passes over the training data to run before training epoch ``epoch`` (0-based) in which
+        only the method's own modules learn (e.g. TST's augmentation search); none by default."""
+        return 0
+
+    def on_phase_pass_start(self, epoch: int, index: int, passes: int) -> None:
+        """Called before pass ``index`` (0-based) of the ``passes`` before epoch ``epoch``."""
+
+    def phase_step(self, image: Tensor, target: Tensor, epoch: int, index: int) -> dict[str, Tensor]:
+        """One step of a phase pass: update the method's own modules (forward, backward, optimiser
+        step) and return detached scalars to average over the pass (e.g. {"loss": ...})."""
+        raise NotImplementedError(f"{type(self).__name__} asked for phase passes but has no phase_step")
+
+    def on_phase_pass_end(
+        self, epoch: int, index: int, passes: int, means: dict[str, float]
+    ) -> dict[str, float]:
+        """Called after a pass with the means of ``phase_step``'s values over every process; returns
+        more values to log for the pass (e.g. the learning rate)."""
+        return {}
 
     def extra_state(self) -> dict[str, Any]:
         """Non-parameter state to checkpoint (tensors, numbers, strings, nested dicts/lists)."""

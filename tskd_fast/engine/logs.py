@@ -35,9 +35,10 @@ def write_csv(history: Sequence[Mapping[str, Any]], path: str) -> None:
 
 
 class TensorBoardLog:
-    """Scalars to ``<run>/tb``; silently disabled (after one warning) if tensorboard is missing."""
+    """Scalars to ``<run>/tb`` (or ``<run>/tb/<subfolder>``, a series with steps of its own);
+    silently disabled (after one warning) if tensorboard is missing."""
 
-    def __init__(self, folder: str, enabled: bool, first_epoch: int) -> None:
+    def __init__(self, folder: str, enabled: bool, first_epoch: int, subfolder: str | None = None) -> None:
         self.writer = None
         if not enabled:
             return
@@ -49,15 +50,17 @@ class TensorBoardLog:
             )
             return
         # purge_step drops events of epochs after the resume point left by a killed run.
-        self.writer = SummaryWriter(os.path.join(folder, "tb"), purge_step=first_epoch or None)
+        path = os.path.join(folder, "tb", *([subfolder] if subfolder else []))
+        self.writer = SummaryWriter(path, purge_step=first_epoch or None)
 
-    def log(self, row: Mapping[str, Any], step: int) -> None:
+    def log(self, row: Mapping[str, Any], step: int, group: str | None = None) -> None:
+        """Add the numbers of ``row`` at ``step``, under ``group/`` (default: test/ or train/ by key)."""
         if self.writer is None:
             return
         for key, value in row.items():
             if key != "epoch" and isinstance(value, int | float):
-                group = "test" if key.startswith("test_") else "train"
-                self.writer.add_scalar(f"{group}/{key}", value, step)
+                tag = group or ("test" if key.startswith("test_") else "train")
+                self.writer.add_scalar(f"{tag}/{key}", value, step)
         self.writer.flush()
 
     def close(self) -> None:

@@ -5,6 +5,11 @@ stepped per iteration) -> ``on_epoch_end`` -> top-1/top-5 on the test split -> `
 written atomically (model, optimiser, scheduler, scaler, RNG states, epoch, history, distiller
 state) and ``log.csv`` / TensorBoard. A run killed mid-epoch therefore loses at most that epoch,
 and ``--resume`` continues bit-for-bit on the same device and process count.
+
+A distiller may ask for extra passes over the training data before an epoch (``phase_passes``,
+e.g. TST's augmentation search): each pass calls ``phase_step`` per batch, is logged to
+``phase_log.csv`` / TensorBoard (``tb/phase``) and is followed by a checkpoint, so a run killed
+inside a phase loses at most one pass.
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from tskd_fast.data import DataSplits, eval_loader, train_loader
-from tskd_fast.distillers import Distiller, unwrap
+from tskd_fast.distillers import Distiller, RunInfo, unwrap
 from tskd_fast.engine import checkpoint as ckpt
 from tskd_fast.engine.amp import amp_dtype, autocast, grad_scaler
 from tskd_fast.engine.config import dump, identity
 from tskd_fast.engine.distributed import DistContext
 from tskd_fast.engine.errors import UserError
 from tskd_fast.engine.logs import TensorBoardLog, say, write_csv
+from tskd_fast.engine.normalisation import normalisation_of
 from tskd_fast.engine.optim import build_optimizer, build_scheduler
 from tskd_fast.engine.rng import capture_rng, restore_rng
 
@@ -128,6 +134,11 @@ def evaluate(
     return out
 
 
+def _phase_key(epoch: int, index: int) -> int:
+    # The data order of phase pass `index` before `epoch`: distinct from every training epoch's.
+    return 1_000_003 * (index + 1) + epoch
+
+
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     # Distinct, reproducible worker seeds per (seed, epoch, rank); independent of earlier epochs.
     return (seed * 1_000_003 + epoch * 10_007 + rank * 101 + 12_345) % (2**63)
@@ -219,16 +230,29 @@ class Trainer:
             # Load before DDP wrapping; DDP then broadcasts rank 0's (identical) weights.
             d.load_checkpoint_state(state["distiller"])
         self._prepare_modules()
+        stats = normalisation_of(self.splits.train)
+        d.bind_run(
+            RunInfo(
+                device=self.device,
+                amp_dtype=self.dtype,
+                run_dir=self.run_dir if self.ctx.is_main else None,
+                mean=tuple(stats[0]) if stats else None,
+                std=tuple(stats[1]) if stats else None,
+                world_size=self.ctx.world_size,
+            )
+        )
         optimizer = build_optimizer(d.param_groups(), self.solver)
         scheduler = build_scheduler(optimizer, self.solver, self.iters_per_epoch)
         scaler = grad_scaler(self.device, self.dtype)
         history: list[dict[str, Any]] = []
-        epoch, best, teacher_top1, wall_before = 0, None, None, 0.0
+        phase_history: list[dict[str, Any]] = []
+        epoch, best, teacher_top1, wall_before, phase_done = 0, None, None, 0.0, 0
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
             history, epoch = list(state["history"]), int(state["epoch"])
+            phase_history, phase_done = list(state.get("phase_history", [])), int(state.get("phase_done", 0))
             best, teacher_top1 = state.get("best_top1"), state.get("teacher_top1")
             wall_before = state.get("wall_s", 0.0)
             if state.get("world_size", 1) != self.ctx.world_size and self.ctx.is_main:
@@ -249,11 +273,30 @@ class Trainer:
             rng = state["rng"]
             restore_rng(rng[self.ctx.rank] if len(rng) == self.ctx.world_size else rng[0])
 
-        tb = TensorBoardLog(self.run_dir, self.tcfg["tensorboard"] and self.ctx.is_main, epoch)
+        tb_on = self.tcfg["tensorboard"] and self.ctx.is_main
+        tb = TensorBoardLog(self.run_dir, tb_on, epoch)
+        tb_phase: TensorBoardLog | None = None  # opened on the first phase pass (most methods have none)
         epochs, stop_after = self.solver["epochs"], self.tcfg["stop_after"]
         run_epochs = 0
         try:
             while epoch < epochs and (stop_after is None or run_epochs < stop_after):
+                passes = d.phase_passes(epoch, epochs)
+                while phase_done < passes:
+                    prow = self._phase_pass(epoch, phase_done, passes)
+                    phase_done += 1
+                    phase_history.append(prow)
+                    wall = wall_before + time.time() - start_time
+                    rng = self._gather_rng()
+                    if self.ctx.is_main:
+                        args = (epoch, optimizer, scheduler, scaler, history, best, teacher_top1, wall, rng)
+                        self._save(*args, improved=False, phase_done=phase_done, phase_history=phase_history)
+                        if tb_phase is None:
+                            tb_phase = TensorBoardLog(self.run_dir, tb_on, len(phase_history), "phase")
+                        tb_phase.log(prow, len(phase_history), group="phase")
+                        say(
+                            f"{self.label} phase pass {phase_done}/{passes} before epoch {epoch + 1}  "
+                            f"loss {prow['loss']:.4f}  ({prow['time_s']:.1f}s)"
+                        )
                 t0 = time.time()
                 row = self._train_epoch(epoch, optimizer, scheduler, scaler)
                 d.on_epoch_end(epoch)
@@ -264,15 +307,15 @@ class Trainer:
                 row["time_s"] = time.time() - t0
                 epoch += 1
                 run_epochs += 1
+                phase_done = 0
                 history.append(row)
                 wall = wall_before + time.time() - start_time
                 rng = self._gather_rng()
                 improved = best is None or test["top1"] > best
                 best = test["top1"] if improved else best
                 if self.ctx.is_main:
-                    self._save(
-                        epoch, optimizer, scheduler, scaler, history, best, teacher_top1, wall, rng, improved
-                    )
+                    args = (epoch, optimizer, scheduler, scaler, history, best, teacher_top1, wall, rng)
+                    self._save(*args, improved=improved, phase_history=phase_history)
                     tb.log(row, epoch)
                     top5 = f"  top-5 {test['top5']:.2f}" if "top5" in test else ""
                     say(
@@ -281,6 +324,8 @@ class Trainer:
                     )
         finally:
             tb.close()
+            if tb_phase is not None:
+                tb_phase.close()
         if epoch >= epochs and self.ctx.is_main:
             self._save_final(epoch, history, teacher_top1)
         self.ctx.barrier()
@@ -306,6 +351,54 @@ class Trainer:
         out: list[Any] = [None] * self.ctx.world_size if self.ctx.is_main else []
         dist.gather_object(mine, out if self.ctx.is_main else None, dst=0)
         return out
+
+    def _phase_pass(self, epoch: int, index: int, passes: int) -> dict[str, Any]:
+        """Pass ``index`` of the distiller's extra phase before ``epoch``: ``phase_step`` per batch;
+        returns the log row (means over every process of the step values, plus the distiller's)."""
+        d, ctx = self.distiller, self.ctx
+        t0 = time.time()
+        d.train()
+        d.on_phase_pass_start(epoch, index, passes)
+        key = _phase_key(epoch, index)
+        self.train_loader.sampler.set_epoch(key)
+        self.train_loader.generator.manual_seed(_epoch_seed(self.cfg["experiment"]["seed"], key, ctx.rank))
+        sums: dict[str, torch.Tensor] = {}
+        seen = 0
+        bar = tqdm(
+            total=self.iters_per_epoch,
+            desc=f"{self.label} phase {index + 1}/{passes} before {epoch + 1}",
+            disable=not self.show,
+            leave=False,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
+        for images, target in self.train_loader:
+            images = images.to(self.device, non_blocking=True)
+            target = target.to(self.device, non_blocking=True)
+            if self.tcfg["channels_last"]:
+                images = images.contiguous(memory_format=torch.channels_last)
+            values = d.phase_step(images, target, epoch, index)
+            n = target.numel()
+            seen += n
+            for name, value in values.items():
+                sums[name] = sums.get(name, 0.0) + value.detach().float() * n
+            bar.update(1)
+        bar.close()
+        names = list(sums)
+        packed = torch.stack([sums[k] for k in names] + [torch.tensor(float(seen), device=self.device)])
+        ctx.all_reduce_sum(packed)
+        total = packed[-1].item()
+        means = {k: packed[i].item() / total for i, k in enumerate(names)}
+        bad = [k for k, v in means.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(
+                f"{self.label}: {bad[0]} became {means[bad[0]]} in phase pass {index + 1} before epoch {epoch + 1} "
+                "(the checkpoint of the previous pass is kept)"
+            )
+        row: dict[str, Any] = {"before_epoch": epoch + 1, "pass": index + 1, **means}
+        row.update(d.on_phase_pass_end(epoch, index, passes, means))
+        row["time_s"] = time.time() - t0
+        return row
 
     def _train_epoch(self, epoch: int, optimizer: Any, scheduler: Any, scaler: Any) -> dict[str, Any]:
         d, ctx = self.distiller, self.ctx
@@ -379,6 +472,8 @@ class Trainer:
         wall: float,
         rng: list[dict[str, Any]],
         improved: bool,
+        phase_done: int = 0,
+        phase_history: list[dict[str, Any]] | None = None,
     ) -> None:
         dstate = self.distiller.checkpoint_state()
         state = {
@@ -399,6 +494,9 @@ class Trainer:
             "teacher_top1": teacher_top1,
             "wall_s": wall,
             "world_size": self.ctx.world_size,
+            # Passes of the distiller's extra phase done before epoch `epoch` (0 after an epoch).
+            "phase_done": phase_done,
+            "phase_history": phase_history or [],
         }
         ckpt.atomic_save(state, os.path.join(self.run_dir, ckpt.CHECKPOINT))
         if improved:
@@ -407,6 +505,8 @@ class Trainer:
                 os.path.join(self.run_dir, ckpt.BEST),
             )
         write_csv(history, os.path.join(self.run_dir, "log.csv"))
+        if phase_history:
+            write_csv(phase_history, os.path.join(self.run_dir, "phase_log.csv"))
 
     def _save_final(self, epoch: int, history: list[dict[str, Any]], teacher_top1: float | None) -> None:
         student = unwrap(self.distiller.student)

@@ -1,6 +1,7 @@
 """Drop-in modules over tskd_fast.functional."""
 
 from tskd_fast.nn.abf import ABF
+from tskd_fast.nn.augment import ALL_OPS, LearnedAugmentation
 from tskd_fast.nn.convlstm import ConvLSTM, ConvLSTMCell, permute_gate_blocks
 from tskd_fast.nn.hcl import HCLLoss
 from tskd_fast.nn.kd_loss import DTDKDLoss, DTDTemperature, KDLoss
@@ -16,6 +17,7 @@ from tskd_fast.nn.tskd import (
 
 __all__ = [
     "ABF",
+    "ALL_OPS",
     "PRESETS",
     "ConvLSTM",
     "ConvLSTMCell",
@@ -24,6 +26,7 @@ __all__ = [
     "EncoderForecaster",
     "HCLLoss",
     "KDLoss",
+    "LearnedAugmentation",
     "ReviewKDFusion",
     "ReviewKDPreset",
     "TSKDReview",
