@@ -170,6 +170,11 @@ def run_bench(args: argparse.Namespace) -> int:
     families = _choose("ops", args.ops, [*FAMILIES, STEPS])
     dtype_names = _choose("dtype", args.dtype, list(DTYPES))
     devices = _devices(args.device)
+    methods: list[str] = []
+    if args.methods:
+        from tskd_fast.distillers import methods as registered
+
+        methods = _choose("methods", args.methods, list(registered()))
     if args.plot:
         try:
             report.check_plot_path(args.plot)
@@ -192,6 +197,13 @@ def run_bench(args: argparse.Namespace) -> int:
     failures = 0
     for device in devices:
         op_names = [f for f in families if f != STEPS]
+        for name in op_names:
+            family = FAMILIES[name]
+            if not family.available() and device == devices[0]:
+                notes.append(
+                    f"{name}: not available in this build (tskd_fast.functional.{family.functional} is missing)"
+                )
+        op_names = [name for name in op_names if FAMILIES[name].available()]
         if not op_names:
             continue
         backends, why = fused_backends(device)
@@ -202,11 +214,6 @@ def run_bench(args: argparse.Namespace) -> int:
         device_rows: list[Result] = []
         for name in op_names:
             family = FAMILIES[name]
-            if not family.available():
-                notes.append(
-                    f"{name}: not available in this build (tskd_fast.functional.{family.functional} is missing)"
-                )
-                continue
             for shape in family.shapes_for(args.quick):
                 for dtype_name in dtype_names:
                     start = time.perf_counter()
@@ -236,7 +243,7 @@ def run_bench(args: argparse.Namespace) -> int:
         rows.extend(device_rows)
 
     if STEPS in families:
-        methods = _split(args.methods) if args.methods else distilling_methods()
+        methods = methods or distilling_methods()
         batch = args.batch or (16 if args.quick else 64)
         for device in devices:
             for method in methods:
