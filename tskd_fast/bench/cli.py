@@ -286,6 +286,12 @@ def _print_results(machine: dict, rows: list[Result], step_rows: list[StepResult
         print(report.op_table(rows))
         slower = report.slower_than_a_baseline(rows)
         print("\nFused path slower than a baseline: " + ("; ".join(slower) if slower else "nowhere"))
+        targets = report.target_lines(rows, FAMILIES)
+        if targets:
+            print(
+                "\nTargets of the op issues (fused CPU kernel, float32; copy BW = share of the copy bandwidth):"
+            )
+            print("\n".join(f"  {line}" for line in targets))
     if step_rows:
         print(
             "\nTraining step resnet32x4 -> resnet8x4, 3x32x32, backend reference vs auto "

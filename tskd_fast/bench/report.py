@@ -7,9 +7,10 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
 
+from tskd_fast.bench.cases import Family
 from tskd_fast.bench.runner import Result
 from tskd_fast.bench.steps import StepResult
 
@@ -72,6 +73,39 @@ def slower_than_a_baseline(rows: Sequence[Result]) -> list[str]:
             if ratio is not None and ratio < 1.0:
                 found.append(f"{r.op} {r.shape} {r.dtype} {r.device} {r.backend}: {ratio:.2f}x vs {name}")
     return found
+
+
+def target_lines(rows: Sequence[Result], families: Mapping[str, Family]) -> list[str]:
+    """Each issue target against the fused CPU float32 rows it covers: met, or what is missing."""
+    lines = []
+    for r in rows:
+        if r.kind != "fused" or r.device != "cpu" or r.dtype != "float32" or r.op not in families:
+            continue
+        for t in families[r.op].targets:
+            if t.shape is not None and t.shape != r.shape:
+                continue
+            checks = [
+                ("vs eager", r.speedup_eager, t.vs_eager, "x"),
+                ("vs compile", r.speedup_compile, t.vs_compile, "x"),
+            ]
+            if t.bw_share is not None:
+                checks.append(("copy BW", r.bw_share, t.bw_share, "%"))
+            parts, missed = [], False
+            for name, got, want, unit in checks:
+                if got is None:
+                    parts.append(f"{name} not measured")
+                    continue
+                ok = got >= want
+                missed |= not ok
+                shown = (
+                    f"{100 * got:.0f}% (target {100 * want:.0f}%)"
+                    if unit == "%"
+                    else f"{got:.2f}x (target {want:g}x)"
+                )
+                parts.append(f"{name} {shown}{'' if ok else ' MISSED'}")
+            verdict = "missed" if missed else "met"
+            lines.append(f"{r.op} {r.shape} {r.backend} [{t.source}]: {verdict}: " + ", ".join(parts))
+    return lines
 
 
 def write_csv(path: str, rows: Sequence[Result], steps: Sequence[StepResult]) -> None:

@@ -46,6 +46,19 @@ OpFn = Callable[..., Any]
 
 
 @dataclass(frozen=True)
+class Target:
+    """A speed target set by the op's issue for its fused CPU kernel in float32: at least
+    ``vs_eager`` / ``vs_compile`` times faster than the baselines and (when set) ``bw_share`` of
+    the measured copy bandwidth, at the shape labelled ``shape`` (None: every shape)."""
+
+    vs_eager: float
+    vs_compile: float
+    bw_share: float | None = None
+    shape: str | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class Family:
     """A fused op and what it is compared with.
 
@@ -55,6 +68,7 @@ class Family:
     fused: backend -> the fused call (same args). minimal_bytes: (shape, dtype) -> bytes moved by
     one forward + backward in the minimal-bytes model described by ``bytes_doc``.
     extra_baselines: device -> {name: fn} further comparisons (e.g. the DistillKL module, Liger).
+    targets: the speed targets of the op's issue (checked by the CLI on the CPU rows).
     """
 
     name: str
@@ -70,6 +84,7 @@ class Family:
     extra_baselines: Callable[[torch.device, torch.dtype], dict[str, OpFn]] = field(
         default=lambda device, dtype: {}
     )
+    targets: tuple[Target, ...] = ()
 
     def available(self) -> bool:
         """Whether this build has the op (and its reference)."""
@@ -129,4 +144,14 @@ def _load() -> dict[str, Family]:
 
 FAMILIES: dict[str, Family] = _load()
 
-__all__ = ["FAMILIES", "Family", "Inputs", "Shape", "element_size", "forward_backward", "generator", "randn"]
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "Inputs",
+    "Shape",
+    "Target",
+    "element_size",
+    "forward_backward",
+    "generator",
+    "randn",
+]

@@ -6,7 +6,7 @@ import torch
 
 from tskd_fast import functional as F
 from tskd_fast import reference
-from tskd_fast.bench.cases import Family, Inputs, Shape, element_size, generator, randn
+from tskd_fast.bench.cases import Family, Inputs, Shape, Target, element_size, generator, randn
 
 
 def reference_abf(x: torch.Tensor, y: torch.Tensor, att_weight: torch.Tensor, att_bias: torch.Tensor):
@@ -68,4 +68,5 @@ FAMILY = Family(
     bytes_doc="forward reads x and y, writes fused; backward reads grad_fused, x and y, writes dx and "
     "dy: 5·nx + 3·ny elements (nx = N·M·h·w, ny = N·M·h'·w'; the 2×2M attention weights are "
     "negligible and not counted)",
+    targets=(Target(3.0, 1.5, source="issue 8"),),
 )

@@ -6,7 +6,7 @@ import torch
 
 from tskd_fast import functional as F
 from tskd_fast import reference
-from tskd_fast.bench.cases import Family, Inputs, Shape, element_size, generator, randn
+from tskd_fast.bench.cases import Family, Inputs, Shape, Target, element_size, generator, randn
 
 
 def reference_gates(gates: torch.Tensor, c_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,4 +57,5 @@ FAMILY = Family(
     minimal_bytes=minimal_bytes,
     bytes_doc="forward reads gates (4n) and c_prev (n), writes h and c (2n); backward reads dh, dc, "
     "gates and c_prev (7n), writes dgates and dc_prev (5n): 19n elements, n = B·C_h·H·W",
+    targets=(Target(3.0, 1.5, 0.7, shape="64x64x32x32", source="issue 7"),),
 )
