@@ -17,9 +17,9 @@ demo: $(VENV)/.built
 test: $(VENV)/.built
 	$(PY) -m pytest -q
 
-## bench: the fused kernels against eager PyTorch and torch.compile, as a table
+## bench: every fused op against eager PyTorch and torch.compile, and whole training steps (tskd-fast bench)
 bench: $(VENV)/.built
-	$(PY) benchmarks/kd_loss_table.py
+	$(VENV)/bin/tskd-fast bench
 
 ## lint: ruff (lint and format) and clang-format, checking only
 lint: $(VENV)/.deps

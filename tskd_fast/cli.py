@@ -1,4 +1,5 @@
-"""The ``tskd-fast`` command: ``tskd-fast train [--config YAML] [key=value ...]`` and ``tskd-fast list``."""
+"""The ``tskd-fast`` command: ``tskd-fast train [--config YAML] [key=value ...]``, ``tskd-fast list``
+and ``tskd-fast bench [options]``."""
 
 from __future__ import annotations
 
@@ -61,6 +62,19 @@ def _list_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bench_parser() -> argparse.ArgumentParser:
+    # Imported on use: the bench module holds inductor's compile workers back as it loads.
+    from tskd_fast.bench.cli import build_parser
+
+    return build_parser()
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from tskd_fast.bench.cli import run_bench
+
+    return run_bench(args)
+
+
 COMMANDS = {
     "train": (
         _train_parser,
@@ -68,6 +82,7 @@ COMMANDS = {
         "train / distil (no arguments: the embedded default teacher -> student run)",
     ),
     "list": (_list_parser, _list, "list methods, datasets, models and packaged configs"),
+    "bench": (_bench_parser, _bench, "time the fused ops and training steps against eager and torch.compile"),
 }
 
 

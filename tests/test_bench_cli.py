@@ -1,0 +1,132 @@
+"""`tskd-fast bench` / `python -m tskd_fast.bench`: options, one-line errors, families missing
+from the build, the outputs (table, CSV, JSON, chart) and the training-step benchmark."""
+
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+
+from tests.bench_standins import install_missing
+from tskd_fast import functional, reference
+from tskd_fast.bench import steps
+from tskd_fast.bench.cases import FAMILIES, Shape
+from tskd_fast.bench.timing import Plan
+from tskd_fast.cli import main
+from tskd_fast.ops import _extension
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _small(monkeypatch, name, shape):
+    monkeypatch.setitem(FAMILIES, name, dataclasses.replace(FAMILIES[name], shapes=(shape,)))
+
+
+def _one_line_error(capsys, argv, *fragments):
+    assert main(["bench", *argv]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_bad_options_are_one_line_errors(capsys, monkeypatch):
+    _one_line_error(capsys, ["--ops", "kd_loss,nope"], "--ops", "kd_loss, dtd_ka, convlstm_gates")
+    _one_line_error(capsys, ["--dtype", "float8"], "--dtype", "bfloat16")
+    _one_line_error(capsys, ["--methods", "fitnet"], "--methods", "dtd_ka")
+    _one_line_error(capsys, ["--repeat", "0"], "--repeat must be >= 1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _one_line_error(capsys, ["--device", "cuda"], "no CUDA device is available")
+
+
+def test_png_chart_without_matplotlib_fails_before_measuring(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    png = tmp_path / "speedups.png"
+    _one_line_error(capsys, ["--plot", str(png)], "needs matplotlib", ".svg")
+    assert not png.exists()
+
+
+def test_python_dash_m_entry_point():
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tskd_fast.bench", "--ops", "nope"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("tskd-fast: error: --ops 'nope'")
+
+
+def test_a_family_missing_from_the_build_is_one_note(capsys, monkeypatch):
+    monkeypatch.delattr(functional, "hcl_loss", raising=False)
+    assert main(["bench", "--ops", "hcl", "--quick"]) == 0
+    out, err = capsys.readouterr()
+    assert "note: hcl: not available in this build (tskd_fast.functional.hcl_loss is missing)" in out
+    assert "Traceback" not in out + err and "Fused ops" not in out
+
+
+def test_quick_run_writes_table_csv_json_and_svg_chart(capsys, monkeypatch, tmp_path):
+    install_missing(monkeypatch)
+    _small(monkeypatch, "kd_loss", Shape("64x100", (64, 100), quick=True))
+    _small(monkeypatch, "hcl", Shape("2 levels", ((4, 8, 8, 8), (4, 16, 4, 4)), quick=True))
+    paths = {ext: tmp_path / f"bench.{ext}" for ext in ("csv", "json", "svg")}
+    argv = ["bench", "--ops", "kd_loss,hcl", "--quick", "--no-compile", "--repeat", "3", "--device", "cpu"]
+    argv += ["--csv", str(paths["csv"]), "--json", str(paths["json"]), "--plot", str(paths["svg"])]
+    assert main(argv) == 0
+    out, _ = capsys.readouterr()
+    doc = json.loads(paths["json"].read_text())
+    copy = doc["machine"]["copy_gbps_cpu"]
+    assert copy > 0 and len(doc["machine"]["copy_gbps_cpu_runs"]) == 2
+    backends = {(r["op"], r["backend"]) for r in doc["ops"]}
+    fused = {"cpu"} if _extension.has_cpu_kernels() else set()
+    assert {(op, b) for op in ("kd_loss", "hcl") for b in {"eager"} | fused} <= backends
+    for row in doc["ops"]:
+        assert row["bw_share"] == pytest.approx(row["gbps"] / copy, rel=0.01)
+        assert row["samples"] == 3 and row["peak_mib"] is not None
+    with open(paths["csv"]) as f:
+        assert [r["backend"] for r in csv.DictReader(f)] == [r["backend"] for r in doc["ops"]]
+    assert "| kd_loss | 64x100 | float32 | cpu | eager |" in out
+    assert "Fused path slower than a baseline:" in out and "Copy bandwidth" in out
+    svg = ET.parse(paths["svg"]).getroot()
+    labels = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+    assert ("kd_loss 64x100 float32 cpu/cpu" in labels) == bool(fused)
+
+
+def test_training_step_of_a_method_times_reference_against_auto(monkeypatch):
+    assert "vanilla" not in steps.distilling_methods()
+    assert {"kd", "dtd_ka"} <= set(steps.distilling_methods())
+    calls = []
+    original = reference.kd_loss
+    monkeypatch.setattr(reference, "kd_loss", lambda *a, **k: calls.append(1) or original(*a, **k))
+    fns = steps.build_step("kd", torch.device("cpu"), batch=2)
+    fns["reference"]()
+    assert calls and os.environ.get("TSKD_FAST_BACKEND") is None
+    calls.clear()
+    fns["auto"]()
+    assert (calls == []) == _extension.has_cpu_kernels()
+
+    plan = Plan(warmup=1, repeat=3, min_repeat=3)
+    result = steps.run_method("kd", torch.device("cpu"), 2, plan, with_memory=True)
+    assert result.batch == 2 and result.speedup == pytest.approx(result.reference_ms / result.auto_ms)
+    expected = (result.auto_ms - result.student_ms - result.teacher_ms) / result.auto_ms
+    assert result.distill_share_auto == pytest.approx(expected)
+    assert result.peak_mib_reference > 0 and result.peak_mib_auto > 0
+
+
+def test_a_method_that_cannot_step_is_a_note_and_exit_1(capsys, monkeypatch):
+    def broken(method, device, batch, plan, with_memory):
+        raise RuntimeError("the review loss needs snapshots")
+
+    monkeypatch.setattr("tskd_fast.bench.cli.run_method", broken)
+    assert main(["bench", "--ops", "steps", "--methods", "kd", "--quick"]) == 1
+    out, _ = capsys.readouterr()
+    assert "note: step kd cpu: failed: RuntimeError: the review loss needs snapshots" in out

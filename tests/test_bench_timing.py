@@ -1,0 +1,97 @@
+"""The bench's measurement: percentiles, alternation, warm-up failures, compile workers, copy
+bandwidth and peak memory."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+from tskd_fast.bench.bandwidth import copy_bandwidth
+from tskd_fast.bench.memory import peak_memory_bytes
+from tskd_fast.bench.timing import Plan, measure, percentile, quiet_compile_workers, summarize, warm_up
+
+CPU = torch.device("cpu")
+
+
+def test_percentiles_interpolate_between_samples():
+    values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert percentile(values, 0.5) == pytest.approx(3.5)
+    assert percentile(values, 0.2) == pytest.approx(2.0)
+    assert percentile(values, 0.8) == pytest.approx(5.0)
+    assert percentile([7.0], 0.8) == 7.0
+    stats = summarize([5.0, 1.0, 3.0, 2.0, 4.0], inner=4)
+    assert (stats.median, stats.p20, stats.p80, stats.samples, stats.inner) == (3.0, 1.8, 4.2, 5, 4)
+
+
+def test_implementations_alternate_and_rotate_each_round():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    plan = Plan(repeat=4, min_repeat=1, max_seconds=60.0, min_sample_ms=0.0)
+    stats = measure(fns, CPU, plan, {name: 1.0 for name in fns})
+    assert calls == list("abcbcacababc")
+    assert all(s.samples == 4 and s.inner == 1 for s in stats.values())
+
+
+def test_fast_calls_are_batched_into_longer_samples():
+    calls = []
+    plan = Plan(repeat=2, min_repeat=1, min_sample_ms=1.0)
+    stats = measure({"fast": lambda: calls.append(1)}, CPU, plan, {"fast": 0.1})
+    assert stats["fast"].inner == 10 and len(calls) == 20
+
+
+def test_rounds_stop_after_max_seconds_but_not_before_min_repeat():
+    import time
+
+    plan = Plan(repeat=1000, min_repeat=3, max_seconds=0.0)
+    stats = measure({"slow": lambda: time.sleep(0.002)}, CPU, plan, {"slow": 2.0})
+    assert stats["slow"].samples == 3
+    assert stats["slow"].median >= 2.0
+
+
+def test_cold_cache_flushes_before_every_single_call(monkeypatch):
+    from tskd_fast.bench import timing
+
+    flushes = []
+    monkeypatch.setattr(timing, "last_level_cache_bytes", lambda device: 1 << 16)
+    monkeypatch.setattr(timing.CacheFlusher, "__call__", lambda self: flushes.append(self.buffer.numel()))
+    plan = Plan(repeat=3, min_repeat=1, cold=True, min_sample_ms=5.0)
+    stats = measure({"a": lambda: None, "b": lambda: None}, CPU, plan, {"a": 0.001, "b": 0.001})
+    assert flushes == [2 * (1 << 16) // 4] * 6
+    assert stats["a"].inner == 1
+
+
+def test_warm_up_reports_failures_in_one_line():
+    def broken():
+        raise ValueError("float64 is not supported\nmore detail")
+
+    times, failed = warm_up({"ok": lambda: None, "broken": broken}, CPU, warmup=2)
+    assert set(times) == {"ok"} and times["ok"] >= 0
+    assert failed == {"broken": "ValueError: float64 is not supported"}
+
+
+def test_compile_workers_are_held_to_one_thread(monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "8")
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "compile_threads", 8)
+    quiet_compile_workers()
+    assert os.environ["TORCHINDUCTOR_COMPILE_THREADS"] == "1"
+    assert sys.modules["torch._inductor.config"].compile_threads == 1
+
+
+def test_copy_bandwidth_counts_read_and_write():
+    bw = copy_bandwidth(CPU, buffer_bytes=8 << 20, repeat=3)
+    assert bw.buffer_bytes == 8 << 20 and bw.median_ms > 0
+    assert bw.gbps == pytest.approx(2 * bw.buffer_bytes / (bw.median_ms * 1e-3) / 1e9)
+
+
+def test_cpu_peak_memory_sees_temporaries_and_outputs():
+    kept = []
+
+    def fn():
+        tmp = torch.ones(1 << 20)  # 4 MiB, freed at return
+        kept.append(torch.ones(1 << 18) + tmp[: 1 << 18])  # a 1 MiB temporary and 1 MiB kept
+
+    assert peak_memory_bytes(fn, CPU) == 6 << 20
+    assert peak_memory_bytes(lambda: None, CPU) == 0

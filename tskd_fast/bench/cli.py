@@ -1,0 +1,311 @@
+"""``tskd-fast bench`` / ``python -m tskd_fast.bench``: every fused op against eager PyTorch and
+torch.compile on every device present, then whole training steps, in one table each."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+
+from tskd_fast.bench.timing import quiet_compile_workers
+
+# Before torch._inductor is first imported (below, via torch.compile): no compile worker pool.
+quiet_compile_workers()
+
+import torch  # noqa: E402
+
+from tskd_fast.bench import report  # noqa: E402
+from tskd_fast.bench.bandwidth import copy_bandwidth  # noqa: E402
+from tskd_fast.bench.cases import FAMILIES  # noqa: E402
+from tskd_fast.bench.runner import Result, fused_backends, run_case  # noqa: E402
+from tskd_fast.bench.steps import StepResult, distilling_methods, run_method  # noqa: E402
+from tskd_fast.bench.timing import Plan  # noqa: E402
+from tskd_fast.engine.errors import UserError  # noqa: E402
+
+STEPS = "steps"
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+def build_parser(prog: str = "tskd-fast bench") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Time every fused op's forward + backward against the eager PyTorch reference and "
+        "torch.compile of it (CPU always; CUDA C++ and Triton kernels on a GPU), then one training step "
+        "of each distillation method with the fused ops against the reference. Prints the median "
+        "(20th-80th percentile), the speed-ups, GB/s on each op's minimal-bytes model and as a share "
+        "of the copy bandwidth measured in the same run, and peak memory. See benchmarks/README.md.",
+    )
+    names = ", ".join([*FAMILIES, STEPS])
+    parser.add_argument("--ops", default="all", help=f"comma-separated, from: {names} (default all)")
+    parser.add_argument(
+        "--device",
+        default="all",
+        help="cpu, cuda or all (default: all present: the CPU, and CUDA when available)",
+    )
+    parser.add_argument("--dtype", default="float32", help=f"comma-separated, from: {', '.join(DTYPES)}")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one shape per op, fewer repeats, small step batch (~2 min on 2 cores)",
+    )
+    parser.add_argument("--csv", metavar="PATH", help="write the op rows (and PATH_steps.csv) as CSV")
+    parser.add_argument(
+        "--json", metavar="PATH", help="write everything (machine, ops, steps, notes) as JSON"
+    )
+    parser.add_argument(
+        "--plot", metavar="PATH", help="chart of the speed-ups: .svg always, .png and others with matplotlib"
+    )
+    parser.add_argument("--repeat", type=int, help="timed rounds per case (default 20, quick 10)")
+    parser.add_argument("--warmup", type=int, help="warm-up calls per implementation (default 3, quick 2)")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        help="stop a case's rounds after this long, 5 rounds at least (default 10)",
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, all cores)")
+    parser.add_argument(
+        "--cold", action="store_true", help="flush the caches before every call (one call per sample)"
+    )
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument(
+        "--batch", type=int, help="batch of the training-step benchmarks (default 64, quick 16)"
+    )
+    parser.add_argument(
+        "--methods", help="comma-separated methods for the step benchmarks (default: all that distil)"
+    )
+    return parser
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _choose(option: str, text: str, choices: Sequence[str]) -> list[str]:
+    picked = _split(text)
+    if picked == ["all"]:
+        return list(choices)
+    unknown = [p for p in picked if p not in choices]
+    if unknown or not picked:
+        raise UserError(f"--{option} {text!r}: expected a comma-separated list from {', '.join(choices)}")
+    return picked
+
+
+def _devices(text: str) -> list[torch.device]:
+    if text == "all":
+        return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    found = []
+    for name in _choose("device", text, ["cpu", "cuda"]):
+        if name == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+        found.append(torch.device(name))
+    return found
+
+
+def machine_info(devices: Sequence[torch.device]) -> dict:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if any(d.type == "cuda" for d in devices):
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    for device in devices:
+        info[f"fused_backends_{device.type}"] = fused_backends(device)[0]
+    return info
+
+
+def _plans(args: argparse.Namespace) -> tuple[Plan, Plan]:
+    quick = args.quick
+    ops = Plan(
+        warmup=args.warmup if args.warmup is not None else (2 if quick else 3),
+        repeat=args.repeat if args.repeat is not None else (10 if quick else 20),
+        min_repeat=3 if quick else 5,
+        max_seconds=args.max_seconds if args.max_seconds is not None else (2.0 if quick else 10.0),
+        cold=args.cold,
+    )
+    steps = Plan(
+        warmup=1 if quick else 2,
+        repeat=3 if quick else 10,
+        min_repeat=3 if quick else 5,
+        max_seconds=4.0 if quick else 60.0,
+    )
+    return ops, steps
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """The whole bench; returns the exit code (1 when an implementation failed to run)."""
+    families = _choose("ops", args.ops, [*FAMILIES, STEPS])
+    dtype_names = _choose("dtype", args.dtype, list(DTYPES))
+    devices = _devices(args.device)
+    methods: list[str] = []
+    if args.methods:
+        from tskd_fast.distillers import methods as registered
+
+        methods = _choose("methods", args.methods, list(registered()))
+    if args.plot:
+        try:
+            report.check_plot_path(args.plot)
+        except report.PlotUnavailable as error:
+            raise UserError(str(error)) from None
+    for option in ("repeat", "warmup", "threads", "batch"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise UserError(f"--{option} must be >= 1, got {value}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    op_plan, step_plan = _plans(args)
+    began = time.perf_counter()
+    machine = machine_info(devices)
+    _say(f"machine: {machine}")
+
+    rows: list[Result] = []
+    step_rows: list[StepResult] = []
+    notes: list[str] = []
+    failures = 0
+    for device in devices:
+        op_names = [f for f in families if f != STEPS]
+        for name in op_names:
+            family = FAMILIES[name]
+            if not family.available() and device == devices[0]:
+                notes.append(
+                    f"{name}: not available in this build (tskd_fast.functional.{family.functional} is missing)"
+                )
+        op_names = [name for name in op_names if FAMILIES[name].available()]
+        if not op_names:
+            continue
+        backends, why = fused_backends(device)
+        if not backends:
+            notes.append(f"{device.type}: no fused kernels ({why}); only the baselines are timed")
+        buffer = (1 << 30 if device.type == "cuda" else 256 << 20) >> (1 if args.quick else 0)
+        bandwidth = [copy_bandwidth(device, buffer)]
+        device_rows: list[Result] = []
+        for name in op_names:
+            family = FAMILIES[name]
+            for shape in family.shapes_for(args.quick):
+                for dtype_name in dtype_names:
+                    start = time.perf_counter()
+                    case_rows, case_notes = run_case(
+                        family,
+                        shape,
+                        device,
+                        DTYPES[dtype_name],
+                        op_plan,
+                        None,
+                        compile_baseline=not args.no_compile,
+                        with_memory=not args.no_memory,
+                    )
+                    failures += len(case_notes)
+                    notes.extend(case_notes)
+                    device_rows.extend(case_rows)
+                    _say(
+                        f"  {name} {shape.label} {dtype_name} {device.type}: {time.perf_counter() - start:.1f} s"
+                    )
+        # Measured before and after the ops; the better of the two is what the machine can do.
+        bandwidth.append(copy_bandwidth(device, buffer))
+        best = max(b.gbps for b in bandwidth)
+        machine[f"copy_gbps_{device.type}"] = round(best, 2)
+        machine[f"copy_gbps_{device.type}_runs"] = [round(b.gbps, 2) for b in bandwidth]
+        for row in device_rows:
+            row.bw_share = row.gbps / best
+        rows.extend(device_rows)
+
+    if STEPS in families:
+        methods = methods or distilling_methods()
+        batch = args.batch or (16 if args.quick else 64)
+        for device in devices:
+            for method in methods:
+                start = time.perf_counter()
+                try:
+                    step_rows.append(run_method(method, device, batch, step_plan, not args.no_memory))
+                except Exception as error:  # noqa: BLE001  (one line per method that cannot step)
+                    failures += 1
+                    first = (str(error).strip().splitlines() or [""])[0]
+                    notes.append(
+                        f"step {method} {device.type}: failed: {type(error).__name__}: {first}"[:300]
+                    )
+                _say(f"  step {method} {device.type}: {time.perf_counter() - start:.1f} s")
+
+    _print_results(machine, rows, step_rows, notes)
+    if args.csv:
+        report.write_csv(args.csv, rows, step_rows)
+    if args.json:
+        report.write_json(args.json, machine, rows, step_rows, notes)
+    if args.plot:
+        report.write_plot(args.plot, rows, f"tskd_fast fused ops: speed-up, {machine['date']}")
+    _say(f"bench finished in {time.perf_counter() - began:.0f} s")
+    return 1 if failures else 0
+
+
+def _print_results(machine: dict, rows: list[Result], step_rows: list[StepResult], notes: list[str]) -> None:
+    where = f"{machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}"
+    if "gpu" in machine:
+        where += f"; {machine['gpu']}, CUDA {machine['cuda']}"
+    copies = ", ".join(
+        f"{k.removeprefix('copy_gbps_')} {v:.1f} GB/s"
+        for k, v in machine.items()
+        if k.startswith("copy_gbps_") and not k.endswith("_runs")
+    )
+    print(f"Machine: {where}; {machine['date']}")
+    if copies:
+        print(f"Copy bandwidth (read + write, measured in this run): {copies}")
+    if rows:
+        print("\nFused ops, forward + backward (speed-up = baseline time / this time)\n")
+        print(report.op_table(rows))
+        slower = report.slower_than_a_baseline(rows)
+        print("\nFused path slower than a baseline: " + ("; ".join(slower) if slower else "nowhere"))
+        targets = report.target_lines(rows, FAMILIES)
+        if targets:
+            print(
+                "\nTargets of the op issues (fused CPU kernel, float32; copy BW = share of the copy bandwidth):"
+            )
+            print("\n".join(f"  {line}" for line in targets))
+    if step_rows:
+        print(
+            "\nTraining step resnet32x4 -> resnet8x4, 3x32x32, backend reference vs auto "
+            "(distillation share = (step - student alone - teacher forward) / step)\n"
+        )
+        print(report.step_table(step_rows))
+    for note in notes:
+        print(f"note: {note}")
+    sys.stdout.flush()
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "tskd-fast bench") -> int:
+    """Entry point of ``python -m tskd_fast.bench``; returns the exit code (2: bad options)."""
+    from tskd_fast.train import guarded
+
+    args = build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
+    return guarded(run_bench, args)

@@ -1,0 +1,182 @@
+"""Whole training steps: one optimizer step of resnet32x4 -> resnet8x4 on CIFAR-shaped input for
+every registered distillation method, with the fused ops (``auto``) against ``reference``.
+
+Four things alternate in one run, on the same models and batch: the method's full step with
+TSKD_FAST_BACKEND=reference, the same with auto, the student alone (forward, CE, backward,
+optimizer step) and the teacher's forward. The split is by subtraction:
+distillation code = step - student alone - teacher forward (the method's loss terms and its own
+modules, forward and backward, and their share of the optimizer step).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+
+import torch
+import torch.nn.functional as torch_f
+
+from tskd_fast.bench.memory import peak_memory_bytes
+from tskd_fast.bench.timing import Plan, measure, warm_up
+from tskd_fast.ops.backend import ENV_VAR
+
+TEACHER, STUDENT, CLASSES = "resnet32x4", "resnet8x4", 100
+
+
+@dataclass
+class StepResult:
+    """One method's row: medians in ms (p20/p80 of the two full steps), shares of the auto step."""
+
+    method: str
+    device: str
+    batch: int
+    reference_ms: float
+    reference_p20_ms: float
+    reference_p80_ms: float
+    auto_ms: float
+    auto_p20_ms: float
+    auto_p80_ms: float
+    student_ms: float
+    teacher_ms: float
+    speedup: float
+    distill_share_reference: float
+    distill_share_auto: float
+    teacher_share: float
+    peak_mib_reference: float | None
+    peak_mib_auto: float | None
+
+
+def method_config(method: str) -> dict:
+    """The method's packaged resnet32x4 -> resnet8x4 CIFAR-100 config when there is one, else the
+    default config switched to that method, pair and dataset."""
+    from tskd_fast.engine.config import load_config
+
+    pair = ["student.name=" + STUDENT, "teacher.name=" + TEACHER, "teacher.train=true"]
+    packaged = resources.files("tskd_fast") / "configs" / "cifar100" / method / f"{TEACHER}_{STUDENT}.yaml"
+    if packaged.is_file():
+        return load_config(f"configs/cifar100/{method}/{TEACHER}_{STUDENT}.yaml", pair)
+    return load_config(None, [f"distiller.name={method}", "dataset.name=cifar100", *pair])
+
+
+def distilling_methods() -> list[str]:
+    """Registered methods that distil from a teacher (``vanilla`` has no distillation code)."""
+    from tskd_fast.distillers import methods
+    from tskd_fast.engine.build import needs_teacher
+
+    found = []
+    for name in methods():
+        try:
+            if needs_teacher(method_config(name)):
+                found.append(name)
+        except Exception:  # noqa: BLE001  (a method whose config cannot be built is reported later)
+            found.append(name)
+    return found
+
+
+def with_backend(backend: str, fn: Callable[[], None]) -> Callable[[], None]:
+    """fn run with TSKD_FAST_BACKEND=backend (read by every op call), restored afterwards."""
+
+    def run() -> None:
+        old = os.environ.get(ENV_VAR)
+        os.environ[ENV_VAR] = backend
+        try:
+            fn()
+        finally:
+            if old is None:
+                os.environ.pop(ENV_VAR, None)
+            else:
+                os.environ[ENV_VAR] = old
+
+    return run
+
+
+def build_step(method: str, device: torch.device, batch: int) -> dict[str, Callable[[], None]]:
+    """The four timed callables of a method: "reference", "auto", "student", "teacher"."""
+    from tskd_fast.engine.build import build_distiller
+    from tskd_fast.engine.optim import build_optimizer
+    from tskd_fast.models import build_model
+
+    cfg = method_config(method)
+    torch.manual_seed(0)
+    student, teacher = build_model(STUDENT, CLASSES), build_model(TEACHER, CLASSES)
+    distiller = build_distiller(cfg, student, teacher).to(device)
+    channels_last = bool(cfg["trainer"]["channels_last"])
+    if channels_last:
+        distiller.to(memory_format=torch.channels_last)
+    distiller.train()
+    epochs = int(cfg["solver"]["epochs"])
+    # The last epoch: past every warm-up, with the method's full loss switched on.
+    epoch = epochs - 1
+    distiller.on_epoch_start(epoch, epochs)
+    # A small lr: many steps on one random batch must not drive the weights to inf/NaN.
+    solver = dict(cfg["solver"], lr=1e-4)
+    optimizer = build_optimizer(distiller.param_groups(), solver)
+    student_only = build_model(STUDENT, CLASSES).to(device)
+    if channels_last:
+        student_only.to(memory_format=torch.channels_last)
+    student_optimizer = build_optimizer([{"params": list(student_only.parameters())}], solver)
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, 32, 32, generator=gen).to(device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    target = torch.randint(0, CLASSES, (batch,), generator=gen).to(device)
+
+    def full_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        _, losses = distiller.forward_train(images, target, epoch=epoch, progress=(epoch + 0.5) / epochs)
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    def student_step() -> None:
+        student_optimizer.zero_grad(set_to_none=True)
+        torch_f.cross_entropy(student_only(images), target).backward()
+        student_optimizer.step()
+
+    def teacher_forward() -> None:
+        with torch.no_grad():
+            distiller.teacher(images)
+
+    return {
+        "reference": with_backend("reference", full_step),
+        "auto": with_backend("auto", full_step),
+        "student": student_step,
+        "teacher": teacher_forward,
+    }
+
+
+def run_method(method: str, device: torch.device, batch: int, plan: Plan, with_memory: bool) -> StepResult:
+    """Time one method's step (see the module docstring). Raises on a method that cannot step."""
+    fns = build_step(method, device, batch)
+    call_ms, failed = warm_up(fns, device, plan.warmup)
+    if failed:
+        name, why = next(iter(failed.items()))
+        raise RuntimeError(f"{name} step failed: {why}")
+    stats = measure(fns, device, plan, call_ms)
+    peaks = {"reference": None, "auto": None}
+    if with_memory:
+        for name in peaks:
+            peaks[name] = peak_memory_bytes(fns[name], device) / 2**20
+    ref, auto = stats["reference"], stats["auto"]
+    student, teacher = stats["student"].median, stats["teacher"].median
+    return StepResult(
+        method=method,
+        device=device.type,
+        batch=batch,
+        reference_ms=ref.median,
+        reference_p20_ms=ref.p20,
+        reference_p80_ms=ref.p80,
+        auto_ms=auto.median,
+        auto_p20_ms=auto.p20,
+        auto_p80_ms=auto.p80,
+        student_ms=student,
+        teacher_ms=teacher,
+        speedup=ref.median / auto.median,
+        distill_share_reference=(ref.median - student - teacher) / ref.median,
+        distill_share_auto=(auto.median - student - teacher) / auto.median,
+        teacher_share=teacher / auto.median,
+        peak_mib_reference=peaks["reference"],
+        peak_mib_auto=peaks["auto"],
+    )
