@@ -32,6 +32,7 @@ PHASES="$OUT_DIR/phases.tsv"
 rm -f "$OUT_DIR/junit.xml" "$OUT_DIR/test-results.jsonl" "$OUT_DIR/bench.json" "$OUT_DIR/bench.log"
 export PYTHONPATH="$REPO:$REPO/scripts${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
+if [ "$DEVICE" = "cuda" ]; then unset TRITON_INTERPRET; fi  # Triton compiles for the GPU
 
 elapsed() { echo $(( $(date +%s) - START )); }
 left() { echo $(( BUDGET_S - $(elapsed) )); }
