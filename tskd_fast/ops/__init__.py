@@ -28,14 +28,26 @@ __all__ = [
     "triton_available",
 ]
 
+
+def _has_cpp_op(name: str) -> bool:
+    """Whether the loaded tskd_fast._C defines torch.ops.tskd_fast.<name>."""
+    try:
+        getattr(torch.ops.tskd_fast, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
 if _extension.has_cpu_kernels():
     register_kd_loss_op("tskd_fast::kd_loss")
     torch.library.register_fake("tskd_fast::dtd_weight", dtd_weight_fake)
-    register_convlstm_gates_ops(
-        "tskd_fast::convlstm_gates",
-        "tskd_fast::convlstm_gates_backward",
-        torch.ops.tskd_fast.convlstm_gates_backward.default,
-    )
+    # An extension built before the ConvLSTM ops existed still loads; it just lacks them.
+    if _has_cpp_op("convlstm_gates_backward"):
+        register_convlstm_gates_ops(
+            "tskd_fast::convlstm_gates",
+            "tskd_fast::convlstm_gates_backward",
+            torch.ops.tskd_fast.convlstm_gates_backward.default,
+        )
 
 
 def kd_loss_op(backend: str):
@@ -63,4 +75,8 @@ def convlstm_gates_ops(backend: str):
         from tskd_fast.ops.triton import convlstm_gates as triton_convlstm
 
         return triton_convlstm.convlstm_gates_triton, triton_convlstm.convlstm_gates_backward_triton
+    if not _has_cpp_op("convlstm_gates_backward"):
+        raise RuntimeError(
+            f"tskd_fast._C was built before the convlstm_gates ops existed; {_extension.BUILD_HINT}"
+        )
     return torch.ops.tskd_fast.convlstm_gates.default, torch.ops.tskd_fast.convlstm_gates_backward.default
