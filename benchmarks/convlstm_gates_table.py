@@ -55,6 +55,8 @@ def implementations(device: str, with_compile: bool) -> dict:
         "eager": reference.convlstm_gates,
     }
     if with_compile:
+        # One static-shape graph per benchmarked shape: more than dynamo's default of 8.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         impls["torch.compile"] = torch.compile(reference.convlstm_gates, fullgraph=True, dynamic=False)
     return impls
 
