@@ -3,7 +3,7 @@ gate math and torch.compile of it, as a markdown table with speed-ups, achieved 
 share of the machine's copy bandwidth (measured in the same run) and peak memory.
 
     python benchmarks/convlstm_gates_table.py [--device cpu|cuda] [--repeat N] [--no-compile]
-                                              [--peepholes] [--shapes B,C,H,W ...]
+                                              [--peepholes] [--threads N] [--shapes B,C,H,W ...]
 
 Bandwidth uses the minimal-bytes model of the fused op: the forward reads gates (4 planes) and
 c_prev and writes h and c; the backward reads dh, dc, gates and c_prev and writes dgates and
@@ -55,6 +55,8 @@ def implementations(device: str, with_compile: bool) -> dict:
         "eager": reference.convlstm_gates,
     }
     if with_compile:
+        # One static-shape graph per benchmarked shape: more than dynamo's default of 8.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         impls["torch.compile"] = torch.compile(reference.convlstm_gates, fullgraph=True, dynamic=False)
     return impls
 
@@ -114,7 +116,10 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--peepholes", action="store_true", help="with all three (trainable) peepholes")
     parser.add_argument("--shapes", nargs="*", help="B,C_h,H,W cases instead of the default grid")
+    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default: torch's")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
 
     print(f"Machine: {machine() if args.device == 'cpu' else torch.cuda.get_device_name()}")

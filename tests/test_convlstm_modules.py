@@ -13,6 +13,15 @@ from tskd_fast.nn import ConvLSTM, ConvLSTMCell, permute_gate_blocks
 BACKENDS = ["reference", *kernel_backends()]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: threads only add synchronisation (and stall on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def plain_step(x, h, c, weight, bias, peep=(None, None, None), order="ifgo"):
     """A textbook ConvLSTM step (conv over concat[x, h], gates in ``order``), independent of tskd_fast."""
     pad = weight.shape[-1] // 2
@@ -157,13 +166,14 @@ def test_zero_state_and_zero_input_match_explicit_zeros():
 
 
 def test_convlstm_float64_gradcheck_through_time():
-    model = ConvLSTM(2, 3, 3, num_layers=2, peephole=True, spatial_size=(4, 3)).double()
+    """Two layers, three steps, peepholes: every input, state and parameter (~800 numbers)."""
+    model = ConvLSTM(2, 2, 3, num_layers=2, peephole=True, spatial_size=(3, 3)).double()
     _randomise_peepholes(model)
     names = [n for n, _ in model.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in model.parameters()]
-    seq = torch.randn(3, 2, 2, 4, 3, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(2, 2, 3, 4, 3, dtype=torch.float64, requires_grad=True)
-    c0 = torch.randn(2, 2, 3, 4, 3, dtype=torch.float64, requires_grad=True)
+    seq = torch.randn(3, 1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(2, 1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
 
     def run(s, h, c, *ps):
         out, (h_n, c_n) = torch.func.functional_call(model, dict(zip(names, ps, strict=True)), (s, (h, c)))

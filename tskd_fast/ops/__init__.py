@@ -2,8 +2,9 @@
 
 `torch.ops.tskd_fast.kd_loss`, `dtd_weight`, `convlstm_gates` (+ `convlstm_gates_backward`),
 `abf_fuse` (+ `abf_fuse_backward`) and `hcl_loss` are the C++ ops (CPU and, when built, CUDA);
-`torch.ops.tskd_fast.<op>_triton` are the Triton ops, defined when the Triton backend is first used. All share one autograd formula and one fake
-kernel, so they work with autograd, torch.compile and torch.library.opcheck alike.
+`torch.ops.tskd_fast.<op>_triton` are the Triton ops, defined when the Triton backend is first
+used. All share one autograd formula and one fake kernel per op, so they work with autograd,
+torch.compile and torch.library.opcheck alike.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from tskd_fast.ops.kd_loss import KA_MODES, call_kd_loss, dtd_weight_fake, regis
 __all__ = [
     "BACKENDS",
     "KA_MODES",
-    "call_convlstm_gates",
     "abf_fuse_ops",
     "call_abf_fuse",
+    "call_convlstm_gates",
     "call_hcl_loss",
     "call_kd_loss",
     "convlstm_gates_ops",
@@ -32,6 +33,7 @@ __all__ = [
     "resolve_backend",
     "triton_available",
 ]
+
 
 if _extension.has_cpu_kernels():
     register_kd_loss_op("tskd_fast::kd_loss")

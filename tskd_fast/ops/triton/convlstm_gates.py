@@ -25,8 +25,11 @@ from tskd_fast.ops.triton._launch import quiet_interpreter, runs_in_interpreter
 OP_NAME = "tskd_fast::convlstm_gates_triton"
 BACKWARD_OP_NAME = "tskd_fast::convlstm_gates_backward_triton"
 
-# Positions per program and warps per program on the GPU (16 B per thread per operand in float32).
+# Positions per program and warps per program on the GPU. The forward holds 8 positions per
+# thread (32 B of each float32 operand); the backward keeps about twice the live values per
+# position and spills at 8 on sm_90 (ptxas: 255 registers and a stack), so it holds 4.
 BLOCK = 1024
+BACKWARD_BLOCK = 512
 NUM_WARPS = 4
 
 
@@ -353,9 +356,10 @@ def _check_state_grad(grad, name, c_prev, op):
 
 
 class _Layout:
-    """The (rows, cols) walk of one sample and the gate strides (csrc ConvLstmLayout)."""
+    """The (rows, cols) walk of one sample and the gate strides (csrc ConvLstmLayout), cut into
+    blocks of `block` positions."""
 
-    def __init__(self, c_prev: torch.Tensor, fmt: torch.memory_format):
+    def __init__(self, c_prev: torch.Tensor, fmt: torch.memory_format, block: int):
         batch, hidden, height, width = c_prev.shape
         pixels = height * width
         self.batch = batch
@@ -368,7 +372,8 @@ class _Layout:
             self.rows, self.cols = 1, hidden * pixels
             self.gate_row_stride, self.gate_block = 0, hidden * pixels
         self.positions = self.rows * self.cols
-        self.blocks = triton.cdiv(self.positions, BLOCK) if self.positions else 0
+        self.block = block
+        self.blocks = triton.cdiv(self.positions, block) if self.positions else 0
 
 
 def _peephole_rows(w, c_prev, channels_last):
@@ -406,7 +411,7 @@ def _convlstm_gates_triton_impl(
     check_convlstm_gates_inputs(gates, c_prev, w_ci, w_cf, w_co, OP_NAME)
     _checks.check_device_runs_triton(gates, INTERPRETED, OP_NAME)
     fmt = kernel_memory_format(gates)
-    layout = _Layout(c_prev, fmt)
+    layout = _Layout(c_prev, fmt, BLOCK)
     with _device_guard(gates):
         gates = gates.contiguous(memory_format=fmt)
         c_prev = c_prev.contiguous(memory_format=fmt)
@@ -432,7 +437,7 @@ def _convlstm_gates_triton_impl(
                     HAS_CF=ws[1] is not None,
                     HAS_CO=ws[2] is not None,
                     ACC=_acc(gates.dtype),
-                    BLOCK=BLOCK,
+                    BLOCK=layout.block,
                     num_warps=NUM_WARPS,
                 )
     return h, c
@@ -454,7 +459,7 @@ def _convlstm_gates_backward_triton_impl(
     _check_state_grad(grad_c, "grad_c", c_prev, op)
     _checks.check_device_runs_triton(gates, INTERPRETED, op)
     fmt = kernel_memory_format(gates)
-    layout = _Layout(c_prev, fmt)
+    layout = _Layout(c_prev, fmt, BACKWARD_BLOCK)
     peepholes = (w_ci, w_cf, w_co)
     with _device_guard(gates):
         gates = gates.contiguous(memory_format=fmt)
@@ -498,7 +503,7 @@ def _convlstm_gates_backward_triton_impl(
                     HAS_CO=ws[2] is not None,
                     SUMS=with_sums,
                     ACC=_acc(gates.dtype),
-                    BLOCK=BLOCK,
+                    BLOCK=layout.block,
                     num_warps=NUM_WARPS,
                 )
         peephole_out = [
