@@ -84,3 +84,25 @@ def test_op_errors_name_the_argument(backend):
         op(fs[:0], ft[:0], [4], True)
     with pytest.raises(RuntimeError, match="grad_scale must be finite"):
         op(fs, ft, [4], True, float("inf"))
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton cannot run here")
+def test_torch_compile_fullgraph_triton_ops():
+    """The Triton ops trace without graph breaks (aot_eager keeps the interpreted run small)."""
+    device = device_of("triton")
+    x = torch.randn(1, 3, 4, 4, device=device)
+    y = torch.randn(1, 3, 2, 2, device=device)
+    weight = torch.randn(2, 6, device=device)
+    bias = torch.randn(2, device=device)
+    teacher = torch.randn(1, 3, 4, 4, device=device)
+
+    def step(x, y):
+        return F.hcl_loss(F.abf_fuse(x, y, weight, bias, backend="triton"), teacher, backend="triton")
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    xe, ye = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    xc, yc = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    step(xe, ye).backward()
+    compiled(xc, yc).backward()
+    torch.testing.assert_close(xc.grad, xe.grad)
+    torch.testing.assert_close(yc.grad, ye.grad)

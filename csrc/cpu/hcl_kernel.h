@@ -114,8 +114,19 @@ double plane_task(const HclArgs& a, const Axis& rows, const Axis& cols, const sc
         const int64_t q = cols.offset[k] + j;
         const int64_t c0 = cols.start[q], c1 = cols.end[q];
         const T inv_count = T(1) / static_cast<T>(height * (c1 - c0));
-        T sums[kHclChannelBlock] = {};
+        if (lanes == 1) {  // one plane: scalar sums over the window's columns
+          T sum = 0;
+          for (int64_t v = c0; v < c1; ++v) sum += band_i[v];
+          const T mean = sum * inv_count;
+          total += static_cast<double>(level_coef * mean * mean);
+          const T spread = level_coef * mean * inv_count;
+          for (int64_t v = c0; v < c1; ++v) coef_i[v] += spread;
+          continue;
+        }
+        T sums[kHclChannelBlock];
+        for (int64_t c = 0; c < lanes; ++c) sums[c] = T(0);
         for (int64_t v = c0; v < c1; ++v) {
+#pragma omp simd
           for (int64_t c = 0; c < lanes; ++c) sums[c] += band_i[v * lanes + c];
         }
         for (int64_t c = 0; c < lanes; ++c) {
@@ -124,6 +135,7 @@ double plane_task(const HclArgs& a, const Axis& rows, const Axis& cols, const sc
           sums[c] = level_coef * mean * inv_count;
         }
         for (int64_t v = c0; v < c1; ++v) {
+#pragma omp simd
           for (int64_t c = 0; c < lanes; ++c) coef_i[v * lanes + c] += sums[c];
         }
       }
@@ -132,6 +144,7 @@ double plane_task(const HclArgs& a, const Axis& rows, const Axis& cols, const sc
   if (grad == nullptr) return total;
   const T factor = static_cast<T>(a.grad_factor);
   const T full = factor / static_cast<T>(hw);
+  for (T& value : coef) value *= factor;  // the coefficients are few: scale them, not the pixels
   std::vector<T>& row = colsum;  // the column sums are spent: reuse one band as the output row
   for (int64_t u = 0; u < h; ++u) {
     const T* du = d.data() + u * band;
@@ -142,7 +155,7 @@ double plane_task(const HclArgs& a, const Axis& rows, const Axis& cols, const sc
       for (int64_t i = rows.first[k * h + u]; i < rows.last[k * h + u]; ++i) {
         const T* coef_i = coef.data() + (rows.offset[k] + i) * band;
 #pragma omp simd
-        for (int64_t j = 0; j < band; ++j) out[j] += factor * coef_i[j];
+        for (int64_t j = 0; j < band; ++j) out[j] += coef_i[j];
       }
     }
     if (pixel == 1) {
