@@ -107,10 +107,13 @@ OPTIONS: Section = {
     "search_momentum": Field(0.9, float, "SGD momentum of the module", check=non_negative),
     "search_grad_clip": Field(10.0, float, "gradient-norm clip of the module (0: off)", check=non_negative),
     "plateau_threshold": Field(
-        0.02, float, "plateau rule: absolute and relative loss drop below which", check=non_negative
+        0.02,
+        float,
+        "a pass whose loss fell by less than this (absolutely and relatively) is a plateau",
+        check=non_negative,
     ),
     "plateau_decay": Field(
-        0.9, float, "... the module's lr is multiplied by this after a pass", check=unit_interval
+        0.9, float, "the module's lr is multiplied by this after a plateau", check=unit_interval
     ),
     "objective": Field(
         "confidence", str, "module loss: teacher CE + -log(1 - p_student) or - student CE", choices=OBJECTIVES

@@ -26,10 +26,12 @@ def warp(x: Tensor, inverse: Tensor) -> Tensor:
     """Resample x (B, C, H, W) through ``inverse`` (2, 3): rows [a, b, tx], [c, d, ty] mapping an
     output pixel (u, v) to the input pixel (a u + b v + tx, c u + d v + ty), both relative to the
     image centre; bilinear, zeros outside the image."""
-    b, _, h, w = x.shape
+    b, c, h, w = x.shape
     scale = x.new_tensor([[1.0, h / w, 2.0 / w], [w / h, 1.0, 2.0 / h]])
-    theta = (inverse * scale).unsqueeze(0).expand(b, 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    theta = (inverse * scale).unsqueeze(0)
+    # One map for the whole batch: build the grid once (affine_grid's batched matmul is slow on the
+    # CPU) and share it across the batch.
+    grid = F.affine_grid(theta, [1, c, h, w], align_corners=False).expand(b, h, w, 2)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

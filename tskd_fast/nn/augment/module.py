@@ -205,7 +205,7 @@ class LearnedAugmentation(nn.Module):
             p = torch.sigmoid((self.probability_logits.to(xf.dtype) + noise) / self.temperature)
             magnitudes = self.magnitudes.to(xf.dtype)
             signs = d.signs.to(xf.device, xf.dtype, non_blocking=True)
-            out = xf
+            delta = torch.zeros_like(pixels)
             for k in d.chosen:
                 name = self.ops[k]
                 spec = OPS[name]
@@ -223,7 +223,8 @@ class LearnedAugmentation(nn.Module):
                         m = m * signs[k]
                     assert spec.apply is not None
                     y = spec.apply(pixels, m, h, w)
-                out = out + p[k] * (y - pixels) / std
+                delta = torch.addcmul(delta, p[k], y - pixels)
+            out = xf + delta / std
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:
