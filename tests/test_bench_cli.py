@@ -104,6 +104,12 @@ def test_quick_run_writes_table_csv_json_and_svg_chart(capsys, monkeypatch, tmp_
 def test_training_step_of_a_method_times_reference_against_auto(monkeypatch):
     assert "vanilla" not in steps.distilling_methods()
     assert {"kd", "dtd_ka"} <= set(steps.distilling_methods())
+    cfg = steps.method_config("kd")
+    assert (cfg["dataset"]["name"], cfg["teacher"]["name"], cfg["student"]["name"]) == (
+        "cifar100",
+        "resnet32x4",
+        "resnet8x4",
+    )
     calls = []
     original = reference.kd_loss
     monkeypatch.setattr(reference, "kd_loss", lambda *a, **k: calls.append(1) or original(*a, **k))
@@ -114,6 +120,9 @@ def test_training_step_of_a_method_times_reference_against_auto(monkeypatch):
     fns["auto"]()
     assert (calls == []) == _extension.has_cpu_kernels()
 
+    # The timing itself on a small pair (the configs above were the packaged resnet32x4 -> resnet8x4 ones).
+    monkeypatch.setattr(steps, "TEACHER", "resnet8")
+    monkeypatch.setattr(steps, "STUDENT", "resnet8")
     plan = Plan(warmup=1, repeat=3, min_repeat=3)
     result = steps.run_method("kd", torch.device("cpu"), 2, plan, with_memory=True)
     assert result.batch == 2 and result.speedup == pytest.approx(result.reference_ms / result.auto_ms)

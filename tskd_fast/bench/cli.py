@@ -78,7 +78,7 @@ def build_parser(prog: str = "tskd-fast bench") -> argparse.ArgumentParser:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument(
-        "--batch", type=int, help="batch of the training-step benchmarks (default 64, quick 16)"
+        "--batch", type=int, help="batch of the training-step benchmarks (default 64, quick 8)"
     )
     parser.add_argument(
         "--methods", help="comma-separated methods for the step benchmarks (default: all that distil)"
@@ -189,7 +189,12 @@ def run_bench(args: argparse.Namespace) -> int:
     op_plan, step_plan = _plans(args)
     began = time.perf_counter()
     machine = machine_info(devices)
-    _say(f"machine: {machine}")
+    backends = "; ".join(
+        f"{d.type}: {', '.join(machine[f'fused_backends_{d.type}']) or 'none'}" for d in devices
+    )
+    _say(
+        f"bench on {machine['cpu']} ({machine['threads']} threads), torch {machine['torch']}; fused backends {backends}"
+    )
 
     rows: list[Result] = []
     step_rows: list[StepResult] = []
@@ -244,7 +249,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if STEPS in families:
         methods = methods or distilling_methods()
-        batch = args.batch or (16 if args.quick else 64)
+        batch = args.batch or (8 if args.quick else 64)
         for device in devices:
             for method in methods:
                 start = time.perf_counter()
