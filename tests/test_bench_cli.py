@@ -139,3 +139,23 @@ def test_a_method_that_cannot_step_is_a_note_and_exit_1(capsys, monkeypatch):
     assert main(["bench", "--ops", "steps", "--methods", "kd", "--quick"]) == 1
     out, _ = capsys.readouterr()
     assert "note: step kd cpu: failed: RuntimeError: the review loss needs snapshots" in out
+
+
+def test_the_step_is_timed_in_the_last_epoch_or_last_review_epoch_after_the_hooks(monkeypatch):
+    from types import SimpleNamespace
+
+    from tskd_fast.distillers import Distiller
+
+    assert steps.bench_epoch(SimpleNamespace(), 240) == 239
+    reviewing = SimpleNamespace(schedule=SimpleNamespace(review_epochs=lambda n: [15, 35, 55]))
+    assert steps.bench_epoch(reviewing, 60) == 55
+    assert steps.bench_epoch(SimpleNamespace(schedule=SimpleNamespace(review_epochs=lambda n: [])), 60) == 59
+
+    started, ended = [], []
+    monkeypatch.setattr(
+        Distiller, "on_epoch_start", lambda self, epoch, epochs: started.append((epoch, epochs))
+    )
+    monkeypatch.setattr(Distiller, "on_epoch_end", lambda self, epoch: ended.append(epoch))
+    steps.build_step("kd", torch.device("cpu"), batch=2)
+    epochs = steps.method_config("kd")["solver"]["epochs"]
+    assert started == [(e, epochs) for e in range(epochs)] and ended == list(range(epochs - 1))
