@@ -8,7 +8,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
+from tskd_fast.bench.cli import machine_info
 from tskd_fast.bench.cli import main as bench_main
+
+
+def machine() -> str:
+    """The CPU, thread count, torch version and CPU capability in one line (other scripts print it)."""
+    info = machine_info([torch.device("cpu")])
+    return f"{info['cpu']}, {info['threads']} threads, torch {info['torch']}, CPU capability {info['cpu_capability']}"
 
 
 def main() -> int:

@@ -104,6 +104,12 @@ def test_quick_run_writes_table_csv_json_and_svg_chart(capsys, monkeypatch, tmp_
 def test_training_step_of_a_method_times_reference_against_auto(monkeypatch):
     assert "vanilla" not in steps.distilling_methods()
     assert {"kd", "dtd_ka"} <= set(steps.distilling_methods())
+    cfg = steps.method_config("kd")
+    assert (cfg["dataset"]["name"], cfg["teacher"]["name"], cfg["student"]["name"]) == (
+        "cifar100",
+        "resnet32x4",
+        "resnet8x4",
+    )
     calls = []
     original = reference.kd_loss
     monkeypatch.setattr(reference, "kd_loss", lambda *a, **k: calls.append(1) or original(*a, **k))
@@ -114,6 +120,9 @@ def test_training_step_of_a_method_times_reference_against_auto(monkeypatch):
     fns["auto"]()
     assert (calls == []) == _extension.has_cpu_kernels()
 
+    # The timing itself on a small pair (the configs above were the packaged resnet32x4 -> resnet8x4 ones).
+    monkeypatch.setattr(steps, "TEACHER", "resnet8")
+    monkeypatch.setattr(steps, "STUDENT", "resnet8")
     plan = Plan(warmup=1, repeat=3, min_repeat=3)
     result = steps.run_method("kd", torch.device("cpu"), 2, plan, with_memory=True)
     assert result.batch == 2 and result.speedup == pytest.approx(result.reference_ms / result.auto_ms)
@@ -130,3 +139,23 @@ def test_a_method_that_cannot_step_is_a_note_and_exit_1(capsys, monkeypatch):
     assert main(["bench", "--ops", "steps", "--methods", "kd", "--quick"]) == 1
     out, _ = capsys.readouterr()
     assert "note: step kd cpu: failed: RuntimeError: the review loss needs snapshots" in out
+
+
+def test_the_step_is_timed_in_the_last_epoch_or_last_review_epoch_after_the_hooks(monkeypatch):
+    from types import SimpleNamespace
+
+    from tskd_fast.distillers import Distiller
+
+    assert steps.bench_epoch(SimpleNamespace(), 240) == 239
+    reviewing = SimpleNamespace(schedule=SimpleNamespace(review_epochs=lambda n: [15, 35, 55]))
+    assert steps.bench_epoch(reviewing, 60) == 55
+    assert steps.bench_epoch(SimpleNamespace(schedule=SimpleNamespace(review_epochs=lambda n: [])), 60) == 59
+
+    started, ended = [], []
+    monkeypatch.setattr(
+        Distiller, "on_epoch_start", lambda self, epoch, epochs: started.append((epoch, epochs))
+    )
+    monkeypatch.setattr(Distiller, "on_epoch_end", lambda self, epoch: ended.append(epoch))
+    steps.build_step("kd", torch.device("cpu"), batch=2)
+    epochs = steps.method_config("kd")["solver"]["epochs"]
+    assert started == [(e, epochs) for e in range(epochs)] and ended == list(range(epochs - 1))

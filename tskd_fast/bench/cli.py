@@ -78,7 +78,7 @@ def build_parser(prog: str = "tskd-fast bench") -> argparse.ArgumentParser:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument(
-        "--batch", type=int, help="batch of the training-step benchmarks (default 64, quick 16)"
+        "--batch", type=int, help="batch of the training-step benchmarks (default 64, quick 8)"
     )
     parser.add_argument(
         "--methods", help="comma-separated methods for the step benchmarks (default: all that distil)"
@@ -165,8 +165,9 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    """The whole bench; returns the exit code (1 when an implementation failed to run)."""
+def _check_options(args: argparse.Namespace) -> tuple[list[str], list[str], list[torch.device], list[str]]:
+    """(op families, dtype names, devices, step methods) from the options; UserError when one is wrong,
+    before anything is measured."""
     families = _choose("ops", args.ops, [*FAMILIES, STEPS])
     dtype_names = _choose("dtype", args.dtype, list(DTYPES))
     devices = _devices(args.device)
@@ -184,79 +185,107 @@ def run_bench(args: argparse.Namespace) -> int:
         value = getattr(args, option)
         if value is not None and value < 1:
             raise UserError(f"--{option} must be >= 1, got {value}")
+    if args.max_seconds is not None and not args.max_seconds >= 0:
+        raise UserError(f"--max-seconds must be >= 0, got {args.max_seconds}")
+    return families, dtype_names, devices, methods
+
+
+def _op_rows(
+    device: torch.device, op_names: list[str], dtype_names: list[str], args: argparse.Namespace, machine: dict
+) -> tuple[list[Result], list[str]]:
+    """Every case of the available families on one device, and the copy bandwidth into `machine`."""
+    notes = []
+    backends, why = fused_backends(device)
+    if not backends:
+        notes.append(f"{device.type}: no fused kernels ({why}); only the baselines are timed")
+    buffer = (1 << 30 if device.type == "cuda" else 256 << 20) >> (1 if args.quick else 0)
+    bandwidth = [copy_bandwidth(device, buffer)]
+    plan = _plans(args)[0]
+    rows: list[Result] = []
+    for name in op_names:
+        family = FAMILIES[name]
+        for shape in family.shapes_for(args.quick):
+            for dtype_name in dtype_names:
+                start = time.perf_counter()
+                case_rows, case_notes = run_case(
+                    family,
+                    shape,
+                    device,
+                    DTYPES[dtype_name],
+                    plan,
+                    None,
+                    compile_baseline=not args.no_compile,
+                    with_memory=not args.no_memory,
+                )
+                notes.extend(case_notes)
+                rows.extend(case_rows)
+                _say(
+                    f"  {name} {shape.label} {dtype_name} {device.type}: {time.perf_counter() - start:.1f} s"
+                )
+    # Measured before and after the ops; the better of the two is what the machine can do.
+    bandwidth.append(copy_bandwidth(device, buffer))
+    best = max(b.gbps for b in bandwidth)
+    machine[f"copy_gbps_{device.type}"] = round(best, 2)
+    machine[f"copy_gbps_{device.type}_runs"] = [round(b.gbps, 2) for b in bandwidth]
+    for row in rows:
+        row.bw_share = row.gbps / best
+    return rows, notes
+
+
+def _step_rows(
+    devices: list[torch.device], methods: list[str], args: argparse.Namespace
+) -> tuple[list[StepResult], list[str]]:
+    """One training step of each method on each device; a method that cannot step is a note."""
+    rows, notes = [], []
+    batch = args.batch or (8 if args.quick else 64)
+    plan = _plans(args)[1]
+    for device in devices:
+        for method in methods:
+            start = time.perf_counter()
+            try:
+                rows.append(run_method(method, device, batch, plan, not args.no_memory))
+            except Exception as error:  # noqa: BLE001  (one line per method that cannot step)
+                first = (str(error).strip().splitlines() or [""])[0]
+                notes.append(f"step {method} {device.type}: failed: {type(error).__name__}: {first}"[:300])
+            _say(f"  step {method} {device.type}: {time.perf_counter() - start:.1f} s")
+    return rows, notes
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """The whole bench; returns the exit code (1 when an implementation failed to run)."""
+    families, dtype_names, devices, methods = _check_options(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    op_plan, step_plan = _plans(args)
     began = time.perf_counter()
     machine = machine_info(devices)
-    _say(f"machine: {machine}")
+    backends = "; ".join(
+        f"{d.type}: {', '.join(machine[f'fused_backends_{d.type}']) or 'none'}" for d in devices
+    )
+    _say(
+        f"bench on {machine['cpu']} ({machine['threads']} threads), torch {machine['torch']}; fused backends {backends}"
+    )
 
+    # Notes on what is missing from the build are not failures; the others (an implementation or a
+    # step that raised) are.
+    op_names = [f for f in families if f != STEPS]
+    notes = [
+        f"{name}: not available in this build (tskd_fast.functional.{FAMILIES[name].functional} is missing)"
+        for name in op_names
+        if not FAMILIES[name].available()
+    ]
+    op_names = [name for name in op_names if FAMILIES[name].available()]
     rows: list[Result] = []
-    step_rows: list[StepResult] = []
-    notes: list[str] = []
-    failures = 0
-    for device in devices:
-        op_names = [f for f in families if f != STEPS]
-        for name in op_names:
-            family = FAMILIES[name]
-            if not family.available() and device == devices[0]:
-                notes.append(
-                    f"{name}: not available in this build (tskd_fast.functional.{family.functional} is missing)"
-                )
-        op_names = [name for name in op_names if FAMILIES[name].available()]
-        if not op_names:
-            continue
-        backends, why = fused_backends(device)
-        if not backends:
-            notes.append(f"{device.type}: no fused kernels ({why}); only the baselines are timed")
-        buffer = (1 << 30 if device.type == "cuda" else 256 << 20) >> (1 if args.quick else 0)
-        bandwidth = [copy_bandwidth(device, buffer)]
-        device_rows: list[Result] = []
-        for name in op_names:
-            family = FAMILIES[name]
-            for shape in family.shapes_for(args.quick):
-                for dtype_name in dtype_names:
-                    start = time.perf_counter()
-                    case_rows, case_notes = run_case(
-                        family,
-                        shape,
-                        device,
-                        DTYPES[dtype_name],
-                        op_plan,
-                        None,
-                        compile_baseline=not args.no_compile,
-                        with_memory=not args.no_memory,
-                    )
-                    failures += len(case_notes)
-                    notes.extend(case_notes)
-                    device_rows.extend(case_rows)
-                    _say(
-                        f"  {name} {shape.label} {dtype_name} {device.type}: {time.perf_counter() - start:.1f} s"
-                    )
-        # Measured before and after the ops; the better of the two is what the machine can do.
-        bandwidth.append(copy_bandwidth(device, buffer))
-        best = max(b.gbps for b in bandwidth)
-        machine[f"copy_gbps_{device.type}"] = round(best, 2)
-        machine[f"copy_gbps_{device.type}_runs"] = [round(b.gbps, 2) for b in bandwidth]
-        for row in device_rows:
-            row.bw_share = row.gbps / best
+    failures: list[str] = []
+    for device in devices if op_names else []:
+        device_rows, device_notes = _op_rows(device, op_names, dtype_names, args, machine)
         rows.extend(device_rows)
-
+        failures.extend(n for n in device_notes if "no fused kernels" not in n)
+        notes.extend(device_notes)
+    step_rows: list[StepResult] = []
     if STEPS in families:
-        methods = methods or distilling_methods()
-        batch = args.batch or (16 if args.quick else 64)
-        for device in devices:
-            for method in methods:
-                start = time.perf_counter()
-                try:
-                    step_rows.append(run_method(method, device, batch, step_plan, not args.no_memory))
-                except Exception as error:  # noqa: BLE001  (one line per method that cannot step)
-                    failures += 1
-                    first = (str(error).strip().splitlines() or [""])[0]
-                    notes.append(
-                        f"step {method} {device.type}: failed: {type(error).__name__}: {first}"[:300]
-                    )
-                _say(f"  step {method} {device.type}: {time.perf_counter() - start:.1f} s")
+        step_rows, step_notes = _step_rows(devices, methods or distilling_methods(), args)
+        failures.extend(step_notes)
+        notes.extend(step_notes)
 
     _print_results(machine, rows, step_rows, notes)
     if args.csv:

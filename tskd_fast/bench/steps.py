@@ -1,7 +1,8 @@
 """Whole training steps: one optimizer step of resnet32x4 -> resnet8x4 on CIFAR-shaped input for
 every registered distillation method, with the fused ops (``auto``) against ``reference``.
 
-Four things alternate in one run, on the same models and batch: the method's full step with
+The step is taken in the method's last epoch (its last review epoch for TSKD), after replaying
+the epoch hooks of the run before it. Four things alternate in one run, on the same models and batch: the method's full step with
 TSKD_FAST_BACKEND=reference, the same with auto, the student alone (forward, CE, backward,
 optimizer step) and the teacher's forward. The split is by subtraction:
 distillation code = step - student alone - teacher forward (the method's loss terms and its own
@@ -75,6 +76,15 @@ def distilling_methods() -> list[str]:
     return found
 
 
+def bench_epoch(distiller: torch.nn.Module, epochs: int) -> int:
+    """The epoch whose step is timed: the last one (past every warm-up, the full loss on), or for a
+    method with a review schedule (``distiller.schedule.review_epochs``, TSKD) its last review
+    epoch, where its own modules run."""
+    schedule = getattr(distiller, "schedule", None)
+    reviews = schedule.review_epochs(epochs) if hasattr(schedule, "review_epochs") else []
+    return reviews[-1] if reviews else epochs - 1
+
+
 def with_backend(backend: str, fn: Callable[[], None]) -> Callable[[], None]:
     """fn run with TSKD_FAST_BACKEND=backend (read by every op call), restored afterwards."""
 
@@ -107,8 +117,12 @@ def build_step(method: str, device: torch.device, batch: int) -> dict[str, Calla
         distiller.to(memory_format=torch.channels_last)
     distiller.train()
     epochs = int(cfg["solver"]["epochs"])
-    # The last epoch: past every warm-up, with the method's full loss switched on.
-    epoch = epochs - 1
+    epoch = bench_epoch(distiller, epochs)
+    # The epoch hooks of the run so far (no steps), so that state built up over epochs (TSKD's
+    # student snapshots) is there as in a real run.
+    for earlier in range(epoch):
+        distiller.on_epoch_start(earlier, epochs)
+        distiller.on_epoch_end(earlier)
     distiller.on_epoch_start(epoch, epochs)
     # A small lr: many steps on one random batch must not drive the weights to inf/NaN.
     solver = dict(cfg["solver"], lr=1e-4)
