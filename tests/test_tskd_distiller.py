@@ -26,6 +26,15 @@ TINY = [
 CONFIGS = sorted((Path(__file__).parents[1] / "tskd_fast" / "configs" / "cifar100" / "tskd").glob("*.yaml"))
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: threads only add synchronisation (and stall on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _distiller(*overrides):
     cfg = load_config(None, [*TINY, *overrides])
     torch.manual_seed(0)
