@@ -1,6 +1,9 @@
 """The ``tskd`` method: schedule, in-memory snapshots, the review loss on review epochs only, frozen
-ConvLSTMs outside them, configs for every CIFAR-100 pair, bad input, and exact resume."""
+ConvLSTMs outside them, configs for every CIFAR-100 pair, bad input, exact resume and two-process DDP."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,15 @@ TINY = [
     "distiller.tskd.hidden_channels=[4,4,3]",
 ]
 CONFIGS = sorted((Path(__file__).parents[1] / "tskd_fast" / "configs" / "cifar100" / "tskd").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: threads only add synchronisation (and stall on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _distiller(*overrides):
@@ -204,3 +216,47 @@ def test_resume_across_a_review_epoch_is_bit_exact(tmp_path):
     assert full["distiller"]["extra"]["filled"] == [True, True, True]
     for a, b in zip(full["optimizer"]["state"].values(), resumed["optimizer"]["state"].values(), strict=True):
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_torchrun_two_processes_review_epoch(tmp_path):
+    """DDP (gloo, CPU): the ConvLSTMs are wrapped while the first epochs do not run them, and the
+    review epoch then trains them on both ranks."""
+    repo = str(Path(__file__).parents[1])
+    torch.manual_seed(3)
+    teacher = tmp_path / "teacher.pth"
+    torch.save({"model": build_model("resnet8", 20).state_dict()}, teacher)
+    env = dict(
+        os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1"
+    )
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        "-m",
+        "tskd_fast.train",
+        "-o",
+        str(out),
+        *TINY,
+        f"teacher.checkpoint={teacher}",
+        "dataset.shapes.train_size=128",
+        "dataset.shapes.test_size=64",
+        "solver.batch_size=32",
+        "solver.epochs=4",
+        "experiment.baseline=false",
+        "trainer.device=cpu",
+        "trainer.progress=false",
+        "trainer.tensorboard=false",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = load_state(str(out / CHECKPOINT))
+    assert state["world_size"] == 2 and [row["tskd_review_epoch"] for row in state["history"]] == [0, 0, 0, 1]
+    assert state["history"][3][f"train_{REVIEW_LOSS}"] > 0
+    review = state["distiller"]["modules"]["review"]
+    assert review and not any(k.startswith("module.") for k in review)

@@ -15,6 +15,15 @@ from tskd_fast.nn import (
 from tskd_fast.nn.tskd import default_hidden_channels
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: threads only add synchronisation (and stall on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_attention_map_flat_and_height_normalisation():
     f = torch.randn(3, 5, 6, 4)
     flat = attention_map(f)
