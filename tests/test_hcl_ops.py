@@ -18,13 +18,21 @@ def pair(backend="cpu", dtype=torch.float32, shape=(2, 3, 7, 7), channels_last=F
     return fs, ft
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+# The Triton interpreter runs a program per plane and opcheck calls the op many times: float32
+# only and a small map there.
+OPCHECK_CASES = [
+    (b, dtype)
+    for b in BACKENDS
+    for dtype in (torch.float32, torch.bfloat16)
+    if b != "triton" or dtype == torch.float32
+]
+
+
+@pytest.mark.parametrize("backend,dtype", OPCHECK_CASES)
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_opcheck(backend, channels_last, dtype):
     op = hcl_loss_op(backend)
-    # The Triton interpreter runs a program per plane and opcheck calls the op many times.
-    shape = (1, 2, 5, 5) if backend == "triton" else (2, 3, 7, 7)
+    shape = (1, 2, 3, 5) if backend == "triton" else (2, 3, 7, 7)
     fs, ft = pair(backend, dtype, shape, channels_last)
     torch.library.opcheck(op, (fs.requires_grad_(True), ft, [4, 2, 1], True, 1.0))
     torch.library.opcheck(op, (fs.detach(), ft, [3], False))

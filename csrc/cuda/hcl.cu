@@ -16,9 +16,6 @@
 namespace tskd_fast::cuda {
 namespace {
 
-// Two floats of shared memory per pooling window: far below the 48 KiB a block gets by default.
-constexpr int64_t kMaxWindows = 4096;
-
 std::tuple<at::Tensor, at::Tensor> hcl_loss_cuda(const at::Tensor& student_in,
                                                  const at::Tensor& teacher_in,
                                                  at::IntArrayRef levels, bool compute_grad,
@@ -39,7 +36,7 @@ std::tuple<at::Tensor, at::Tensor> hcl_loss_cuda(const at::Tensor& student_in,
     q.offset[k] = q.windows;
     q.windows += q.levels.size[k] * q.levels.size[k];
   }
-  TORCH_CHECK(q.windows <= kMaxWindows, op, ": at most ", kMaxWindows,
+  TORCH_CHECK(q.windows <= kHclMaxWindows, op, ": at most ", kHclMaxWindows,
               " pooling windows (the sum of l^2 over the included levels) on CUDA, got ",
               q.windows);
   const double norm = q.levels.tot * static_cast<double>(n) * static_cast<double>(c);
@@ -64,10 +61,9 @@ std::tuple<at::Tensor, at::Tensor> hcl_loss_cuda(const at::Tensor& student_in,
   const auto opmath = student.options().dtype(at::kFloat);
   at::Tensor planes = at::empty({n * c}, opmath);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const size_t shared = static_cast<size_t>(2 * q.windows) * sizeof(float);
   dispatch_logits_dtype(student.scalar_type(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
-    hcl_plane_kernel<scalar_t><<<static_cast<unsigned>(n * c), kHclThreads, shared, stream>>>(
+    hcl_plane_kernel<scalar_t><<<static_cast<unsigned>(n * c), kHclThreads, 0, stream>>>(
         student.const_data_ptr<scalar_t>(), teacher.const_data_ptr<scalar_t>(),
         compute_grad ? grad.mutable_data_ptr<scalar_t>() : nullptr,
         planes.mutable_data_ptr<float>(), q);

@@ -18,6 +18,9 @@
 namespace tskd_fast::cuda {
 
 constexpr int kHclThreads = 256;
+// Pooling windows (the sum of l^2 over the included levels) a block keeps in shared memory: two
+// floats each, 8 KiB in all (the default levels 4, 2, 1 have 21).
+constexpr int64_t kHclMaxWindows = 1024;
 
 struct HclPlaneParams {
   int64_t c, h, w;
@@ -38,9 +41,8 @@ template <typename scalar_t>
 __global__ void hcl_plane_kernel(const scalar_t* __restrict__ fs, const scalar_t* __restrict__ ft,
                                  scalar_t* __restrict__ grad, float* __restrict__ planes,
                                  HclPlaneParams q) {
-  extern __shared__ float shared[];
-  float* sums = shared;              // [windows]
-  float* coef = shared + q.windows;  // [windows]
+  __shared__ float sums[kHclMaxWindows];
+  __shared__ float coef[kHclMaxWindows];
   const int64_t plane = blockIdx.x;
   const int64_t n = plane / q.c, c = plane % q.c;
   const int64_t hw = q.h * q.w;

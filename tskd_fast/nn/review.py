@@ -176,7 +176,15 @@ class ReviewKDPreset:
     input_size: int = 32
 
 
-def _pair(s_in, t_out, shapes, out_shapes=None, weight=None, **kw) -> ReviewKDPreset:
+def _pair(
+    s_in: tuple[int, ...],
+    t_out: tuple[int, ...],
+    shapes: tuple[int, ...],
+    out_shapes: tuple[int, ...] | None = None,
+    weight: float | None = None,
+    **kw: bool | int,
+) -> ReviewKDPreset:
+    """A preset with the official mid channel min(512, C_pooled) and out_shapes defaulting to shapes."""
     return ReviewKDPreset(
         tuple(s_in),
         tuple(t_out),
