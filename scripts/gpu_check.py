@@ -184,36 +184,47 @@ def _tests_section(out_dir: Path, lines: list[str]) -> bool:
 
 
 def _bench_section(out_dir: Path, lines: list[str]) -> bool:
+    """The op rows of `python3 -m tskd_fast.bench --json bench.json`: each fused backend's median
+    time, GB/s on the op's minimal-bytes model, share of the copy bandwidth measured in the same
+    run, and speed-ups over eager and torch.compile; then the whole training steps."""
     path = out_dir / "bench.json"
     if not path.exists():
         log = out_dir / "bench.log"
         if log.exists() and log.stat().st_size:
-            lines.append("  (output of the bench command, last lines)")
+            lines.append("  no bench.json; the bench command's last lines:")
             lines += ["  " + line for line in log.read_text().splitlines()[-40:]]
-            return True
-        lines.append("  no timings (see bench.log)")
+        else:
+            lines.append("  no timings (see bench.log)")
         return False
     bench = json.loads(path.read_text())
-    copy = bench.get("copy_gbps")
+    machine = bench.get("machine", {})
+    for key, value in machine.items():
+        if key.startswith("copy_gbps_") and not key.endswith("_runs"):
+            lines.append(
+                f"  {key[len('copy_gbps_') :]}: copy {value:.0f} GB/s (read + write), measured in this run"
+            )
     lines.append(
-        f"  device {bench.get('device_name', '?')}: device-to-device copy {copy:.0f} GB/s (read + write), "
-        f"measured in this run"
-        if copy
-        else "  copy bandwidth not measured"
+        f"  {'op':<8} {'shape':<14} {'dtype':<9} {'device':<6} {'backend':<8} {'ms':>9} {'GB/s':>8} "
+        f"{'of copy':>8} {'vs eager':>9} {'vs compile':>10}"
     )
-    lines.append("  bytes model: read student and teacher once, write the gradient once (3 B C elements)")
-    lines.append(f"  {'loss':<7} {'shape':<14} {'dtype':<9} {'impl':<8} {'ms':>9} {'GB/s':>8} {'of copy':>8}")
-    ok = True
-    for row in bench.get("rows", []):
-        shape = "x".join(str(n) for n in row["shape"])
-        head = f"  {row['loss']:<7} {shape:<14} {row['dtype']:<9} {row['impl']:<8}"
-        if row.get("ms") is None:
-            lines.append(f"{head} {row.get('note', 'not run')}")
-            ok = ok and not row.get("error")
-            continue
-        share = f"{100 * row['share']:.0f}%" if row.get("share") is not None else ""
-        lines.append(f"{head} {row['ms']:>9.3f} {row['gbps']:>8.1f} {share:>8}")
-    return ok
+    rows = [row for row in bench.get("ops", []) if row.get("kind") == "fused"]
+    for row in rows:
+        share = f"{100 * row['bw_share']:.0f}%" if row.get("bw_share") is not None else ""
+        eager = f"{row['speedup_eager']:.2f}x" if row.get("speedup_eager") else ""
+        compiled = f"{row['speedup_compile']:.2f}x" if row.get("speedup_compile") else ""
+        lines.append(
+            f"  {row['op']:<8} {row['shape']:<14} {row['dtype']:<9} {row['device']:<6} {row['backend']:<8} "
+            f"{row['median_ms']:>9.3f} {row['gbps']:>8.1f} {share:>8} {eager:>9} {compiled:>10}"
+        )
+    for step in bench.get("steps", []):
+        lines.append(
+            f"  step {step['method']:<9} {step['device']}: reference {step['reference_ms']:.1f} ms, "
+            f"auto {step['auto_ms']:.1f} ms ({step['speedup']:.2f}x)"
+        )
+    lines += ["  note: " + note for note in bench.get("notes", [])]
+    if not rows:
+        lines.append("  no fused rows in bench.json")
+    return bool(rows)
 
 
 def summary(out_dir: Path) -> int:

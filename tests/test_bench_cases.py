@@ -40,9 +40,20 @@ def test_every_family_is_listed_with_quick_shapes_and_unique_labels():
         assert family.available()
         labels = [s.label for s in family.shapes]
         assert len(set(labels)) == len(labels)
-        quick = family.shapes_for(quick=True)
+        quick = family.shapes_for(quick=True, device=CPU)
         assert 1 <= len(quick) < len(family.shapes)
         assert family.shapes_for(quick=False) == list(family.shapes)
+
+
+def test_llm_vocabulary_shape_runs_on_cuda_only_and_in_bf16():
+    for name in ("kd_loss", "dtd_ka"):
+        family = FAMILIES[name]
+        llm = [s for s in family.shapes if s.label == "4096x128256"]
+        assert len(llm) == 1 and llm[0].quick
+        assert llm[0] in family.shapes_for(quick=True, device=torch.device("cuda"))
+        assert llm[0] not in family.shapes_for(quick=True, device=CPU)
+        assert llm[0].dtypes(["float32", "float16"]) == ["bfloat16"]
+        assert family.shapes[0].dtypes(["float32", "float16"]) == ["float32", "float16"]
 
 
 @pytest.mark.parametrize("name", list(SMALL))

@@ -1,6 +1,6 @@
 """scripts/gpu_check.sh (make gpu-check) without a GPU: it says so and stops within seconds; and its
 parts that need no GPU: the pytest plugin (time budget, streamed results), the summary (per-backend
-counts, bandwidth shares, verdict) and the KD-loss timing script on the CPU."""
+counts, bandwidth shares from the bench's JSON, verdict)."""
 
 import json
 import os
@@ -11,13 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 import gpu_check  # noqa: E402
-import gpu_kd_bench  # noqa: E402
 
 
 def test_without_a_gpu_it_says_so_and_exits_nonzero_within_seconds(tmp_path):
@@ -134,13 +132,47 @@ def _junit(cases):
 
 
 def _bench_rows():
+    """What `python3 -m tskd_fast.bench --json` writes (tskd_fast.bench.report.write_json)."""
+    fused = {
+        "op": "kd_loss",
+        "shape": "4096x128256",
+        "dtype": "bfloat16",
+        "device": "cuda",
+        "backend": "cuda",
+        "kind": "fused",
+        "median_ms": 0.95,
+        "p20_ms": 0.94,
+        "p80_ms": 0.97,
+        "samples": 10,
+        "speedup_eager": 9.5,
+        "speedup_compile": 3.1,
+        "gbps": 3318.0,
+        "bw_share": 0.8295,
+        "peak_mib": 4000.0,
+    }
+    eager = dict(
+        fused,
+        backend="eager",
+        kind="eager",
+        median_ms=9.0,
+        speedup_eager=None,
+        speedup_compile=None,
+        gbps=350.0,
+        bw_share=0.0875,
+    )
+    step = {
+        "method": "kd",
+        "device": "cuda",
+        "batch": 8,
+        "reference_ms": 12.0,
+        "auto_ms": 10.0,
+        "speedup": 1.2,
+    }
     return {
-        "device_name": "NVIDIA H200",
-        "copy_gbps": 4000.0,
-        "rows": [
-            {"loss": "kd", "shape": [4096, 128256], "dtype": "bfloat16", "impl": "cuda", "ms": 0.95, "gbps": 3318.0, "share": 0.8295},
-            {"loss": "dtd_ka", "shape": [128, 100], "dtype": "float32", "impl": "compile", "ms": None, "note": "left out: time budget spent"},
-        ],
+        "machine": {"gpu": "NVIDIA H200", "copy_gbps_cuda": 4000.0, "copy_gbps_cuda_runs": [3990.0, 4000.0]},
+        "ops": [fused, eager],
+        "steps": [step],
+        "notes": ["hcl: not available in this build"],
     }  # fmt: skip
 
 
@@ -164,9 +196,10 @@ def test_summary_counts_per_backend_and_shows_bandwidth_shares(tmp_path, capsys)
     assert lines["triton"] == ["1", "0", "0", "1"]
     assert lines["cpu"] == ["1", "0", "0", "0"] and lines["reference"] == ["1", "0", "0", "0"]
     assert lines["other"] == ["1", "0", "0", "0"] and lines["total"] == ["5", "0", "0", "1"]
-    assert "copy 4000 GB/s" in text
-    assert "4096x128256" in text and "3318.0" in text and "83%" in text
-    assert "left out: time budget spent" in text
+    assert "cuda: copy 4000 GB/s" in text
+    assert "4096x128256" in text and "3318.0" in text and "83%" in text and "9.50x" in text
+    assert "350.0" not in text  # the baselines' own rows are not listed, only their ratios
+    assert "step kd" in text and "1.20x" in text and "note: hcl: not available in this build" in text
     assert "verdict: PASS" in text and (tmp_path / "summary.txt").read_text() == text
 
 
@@ -182,37 +215,3 @@ def test_summary_fails_on_failures_timeouts_and_a_missing_pytest(tmp_path, capsy
     (tmp_path / "bench.json").write_text(json.dumps(_bench_rows()))
     assert gpu_check.summary(tmp_path) == 1
     assert "pytest is NOT installed" in capsys.readouterr().out
-
-
-# ---------------------------------------------------------------------------------------------
-# The timing script
-
-
-def test_bench_cases_cover_the_benchmark_shapes_and_an_llm_vocabulary():
-    from kd_loss_cases import SHAPES
-
-    cases = gpu_kd_bench.cases("cuda")
-    assert [(r, c) for r, c, dtype in cases if dtype == torch.float32] == SHAPES
-    assert (4096, 128256, torch.bfloat16) in cases
-
-
-def test_bench_runs_on_the_cpu_and_feeds_the_summary(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(gpu_kd_bench, "cases", lambda device: [(6, 17, torch.float32)])
-    monkeypatch.setattr(gpu_kd_bench, "copy_gbps", lambda device: 10.0)
-    out = tmp_path / "bench.json"
-    result = gpu_kd_bench.run("cpu", 0.0, out)
-    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
-    rows = {(row["loss"], row["impl"]): row for row in result["rows"]}
-    assert set(rows) == {
-        (loss, impl) for loss in ("kd", "dtd_ka") for impl in ("cuda", "triton", "eager", "compile")
-    }
-    assert rows[("kd", "cuda")]["note"].startswith("unavailable: backend='cuda' needs CUDA tensors")
-    assert rows[("kd", "compile")]["note"] == "left out: time budget spent"  # budget 0
-    for loss in ("kd", "dtd_ka"):
-        eager = rows[(loss, "eager")]
-        assert eager["ms"] > 0 and eager["gbps"] == pytest.approx(3 * 6 * 17 * 4 / (eager["ms"] * 1e-3) / 1e9)
-        assert eager["share"] == pytest.approx(eager["gbps"] / 10.0)
-    capsys.readouterr()
-    (tmp_path / "junit.xml").write_text(_junit([("test_a[cpu]", "passed")]))
-    assert gpu_check.summary(tmp_path) == 0
-    assert "6x17" in capsys.readouterr().out

@@ -204,8 +204,8 @@ def _op_rows(
     rows: list[Result] = []
     for name in op_names:
         family = FAMILIES[name]
-        for shape in family.shapes_for(args.quick):
-            for dtype_name in dtype_names:
+        for shape in family.shapes_for(args.quick, device):
+            for dtype_name in shape.dtypes(dtype_names):
                 start = time.perf_counter()
                 case_rows, case_notes = run_case(
                     family,

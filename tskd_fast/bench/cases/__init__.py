@@ -24,11 +24,23 @@ from tskd_fast import reference as tf_reference
 
 @dataclass(frozen=True)
 class Shape:
-    """One benchmarked size: ``label`` as printed ("4096x1000"), ``dims`` for the family's code."""
+    """One benchmarked size: ``label`` as printed ("4096x1000"), ``dims`` for the family's code.
+
+    device: only on that device type ("cuda") when set. dtype: always in that dtype ("bfloat16"),
+    whatever ``--dtype`` asks, when set (e.g. an LLM-vocabulary shape that only makes sense in bf16).
+    """
 
     label: str
     dims: tuple
     quick: bool = False
+    device: str | None = None
+    dtype: str | None = None
+
+    def runs_on(self, device: torch.device) -> bool:
+        return self.device is None or self.device == device.type
+
+    def dtypes(self, requested: Sequence[str]) -> list[str]:
+        return [self.dtype] if self.dtype is not None else list(requested)
 
 
 @dataclass
@@ -91,8 +103,10 @@ class Family:
         ref_name = self.needs_reference or self.functional
         return hasattr(tf_functional, self.functional) and hasattr(tf_reference, ref_name)
 
-    def shapes_for(self, quick: bool) -> list[Shape]:
-        return [s for s in self.shapes if s.quick] if quick else list(self.shapes)
+    def shapes_for(self, quick: bool, device: torch.device | None = None) -> list[Shape]:
+        """The shapes of a run (``--quick``: the flagged ones) that run on ``device`` (any: None)."""
+        shapes = [s for s in self.shapes if s.quick] if quick else list(self.shapes)
+        return [s for s in shapes if device is None or s.runs_on(device)]
 
 
 def element_size(dtype: torch.dtype) -> int:

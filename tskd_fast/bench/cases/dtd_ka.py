@@ -47,6 +47,8 @@ FAMILY = Family(
         Shape("1024x100", (1024, 100)),
         Shape("4096x1000", (4096, 1000), quick=True),
         Shape("1024x32000", (1024, 32000)),
+        # An LLM vocabulary (Llama 3), distilled in bf16: on CUDA only (3 GiB of bf16 logits).
+        Shape("4096x128256", (4096, 128256), quick=True, device="cuda", dtype="bfloat16"),
     ),
     make_inputs=make_inputs,
     reference=reference_dtd_ka,
