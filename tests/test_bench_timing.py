@@ -74,10 +74,17 @@ def test_compile_workers_are_held_to_one_thread(monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "8")
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config, "compile_threads", 8)
-    quiet_compile_workers()
-    assert os.environ["TORCHINDUCTOR_COMPILE_THREADS"] == "1"
-    assert sys.modules["torch._inductor.config"].compile_threads == 1
+    # Not monkeypatch.setattr: inductor's config module hides an option that monkeypatch deletes
+    # on undo (getattr does not see the option as set), which breaks every later torch.compile.
+    before = inductor_config.compile_threads
+    try:
+        inductor_config.compile_threads = 8
+        quiet_compile_workers()
+        assert os.environ["TORCHINDUCTOR_COMPILE_THREADS"] == "1"
+        assert sys.modules["torch._inductor.config"].compile_threads == 1
+    finally:
+        inductor_config.compile_threads = before
+    assert inductor_config.compile_threads == before
 
 
 def test_copy_bandwidth_counts_read_and_write():
