@@ -46,7 +46,7 @@ from tskd_fast.distillers.registry import MethodEntry, register_method
 from tskd_fast.distillers.terms import LossTerm
 from tskd_fast.engine.amp import autocast
 from tskd_fast.engine.errors import ConfigError
-from tskd_fast.engine.schema import Field, Section, non_negative, positive, unit_interval
+from tskd_fast.engine.schema import Field, Section, defaults, non_negative, positive, unit_interval
 from tskd_fast.nn.augment import ALL_OPS, CIFAR100_MEAN, CIFAR100_STD, LearnedAugmentation
 
 OBJECTIVES = ("confidence", "ce_difference")
@@ -130,10 +130,6 @@ OPTIONS: Section = {
 }
 
 
-def _defaults() -> dict[str, Any]:
-    return {k: (list(f.default) if isinstance(f.default, list) else f.default) for k, f in OPTIONS.items()}
-
-
 class TSTDistiller(Distiller):
     """KD on original + learned-augmented batches, with search phases for the augmentation module."""
 
@@ -144,7 +140,7 @@ class TSTDistiller(Distiller):
         terms: Mapping[str, tuple[float, LossTerm]],
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(student, teacher, terms, {**_defaults(), **dict(options or {})})
+        super().__init__(student, teacher, terms, {**defaults(OPTIONS), **dict(options or {})})
         if teacher is None:
             raise ValueError("tst needs a teacher: its search phases fit the augmentation to the teacher")
         o = self.options
