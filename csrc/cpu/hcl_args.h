@@ -2,6 +2,7 @@
 
 #include <c10/core/ScalarType.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "tskd_fast/hcl_math.h"
@@ -22,15 +23,24 @@ struct HclArgs {
   c10::ScalarType dtype;
 };
 
-// Channels per task on the channels_last path, and elements per task when no level applies.
+// Channels per task on the channels_last path (the vector lanes), the most planes per task on
+// the NCHW path, and elements per task when no level applies.
 constexpr int64_t kHclChannelBlock = 16;
 constexpr int64_t kHclFlatChunk = 16384;
+
+// Lanes of one task: channels (channels_last), or NCHW planes: kHclChannelBlock of them for maps
+// of up to 16x16, whose per-window work is then shared across the planes, one for larger maps.
+inline int64_t hcl_task_lanes(const HclArgs& a) {
+  if (a.channels_last) return std::min(a.c, kHclChannelBlock);
+  return a.h * a.w <= 256 ? kHclChannelBlock : 1;
+}
 
 // How many partial sums the kernel writes: one per task, a fixed partition (deterministic).
 inline int64_t hcl_partial_count(const HclArgs& a) {
   if (a.levels.count == 0) return (a.n * a.c * a.h * a.w + kHclFlatChunk - 1) / kHclFlatChunk;
-  if (a.channels_last) return a.n * ((a.c + kHclChannelBlock - 1) / kHclChannelBlock);
-  return a.n * a.c;
+  const int64_t lanes = hcl_task_lanes(a);
+  if (a.channels_last) return a.n * ((a.c + lanes - 1) / lanes);
+  return (a.n * a.c + lanes - 1) / lanes;
 }
 
 #define TSKD_FAST_DECLARE_HCL_KERNELS(ISA) \

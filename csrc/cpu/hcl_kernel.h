@@ -1,15 +1,15 @@
 #pragma once
 
 // ReviewKD's hierarchical context loss of one stage pair on the CPU, every level in one pass
-// over the features (level math: tskd_fast/hcl_math.h). A task owns whole (n, c) planes (NCHW)
-// or one image's block of kHclChannelBlock channels (channels_last, the channels as vector
-// lanes):
-//   pass 1 reads fs and ft once, keeps d = fs - ft in a task buffer (L1/L2), sums d^2 and, per
-//          level, the column sums of each window row band;
-//   then the window sums, the pooled means P_ij, the loss terms and, per level, the gradient
-//          coefficient of each window spread over its columns (tiny);
-//   pass 2 writes the gradient from the buffered d: d / (H W) plus the coefficients of the
-//          windows that hold each pixel (overlapping adaptive windows add up).
+// over the features (level math: tskd_fast/hcl_math.h). A task owns a few whole (n, c) planes
+// (NCHW) or one image's block of kHclChannelBlock channels (channels_last, the channels as vector
+// lanes). Both axes are split into classes at every window bound of every level (Axis below):
+//   pass 1 reads fs and ft once, keeps d = fs - ft in a task buffer (L1/L2), sums d^2 and the
+//          column sums of each row class (one add per element);
+//   then the class-block sums, per level and window the pooled mean P_ij, its loss term and its
+//          gradient coefficient added to the window's class blocks (tiny);
+//   pass 2 writes the gradient from the buffered d: d / (H W) plus its class block's
+//          coefficient (one multiply-add per element; overlapping windows are already summed).
 // So fs and ft are read once and the gradient written once. When no level applies (H <= every
 // level) the loss is a plain sum over all elements, split into fixed chunks. Every task writes
 // its own partial sum; the caller adds them in order, so results do not depend on the threads.
@@ -27,147 +27,235 @@ namespace tskd_fast::cpu::CPU_CAPABILITY {
 
 namespace hcl {
 
-// Window bounds of every level along one axis, and for each row the range of windows holding it.
+// One axis split into classes at every window bound of every level, so that each window is a run
+// of whole classes and every position of a class lies in the same windows. A plane then reduces
+// to class-block sums (one add per element) and the gradient to one coefficient per class block
+// (one multiply-add per element), however many levels and overlapping windows there are.
 struct Axis {
-  std::vector<int64_t> start, end;  // per level k: size[k] entries, at offset[k]
-  std::vector<int64_t> offset;
-  std::vector<int64_t> first, last;  // per level k and position u: windows [first, last) hold u
+  std::vector<int64_t> bound;                // class q covers [bound[q], bound[q + 1])
+  std::vector<int64_t> class_of;             // per position
+  std::vector<int64_t> offset;               // per level k: index of its window 0 below
+  std::vector<int64_t> first, last, length;  // per window: classes [first, last), positions
 
-  Axis(const HclLevels& lv, int64_t size) {
-    first.resize(lv.count * size);
-    last.resize(lv.count * size);
+  Axis(const HclLevels& lv, int64_t size) : class_of(size) {
+    std::vector<bool> cut(size + 1, false);
+    cut[0] = cut[size] = true;
     for (int k = 0; k < lv.count; ++k) {
-      const int64_t l = lv.size[k];
-      offset.push_back(static_cast<int64_t>(start.size()));
-      for (int64_t i = 0; i < l; ++i) {
-        start.push_back(window_start(i, size, l));
-        end.push_back(window_end(i, size, l));
+      for (int64_t i = 0; i < lv.size[k]; ++i) {
+        cut[window_start(i, size, lv.size[k])] = true;
+        cut[window_end(i, size, lv.size[k])] = true;
       }
-      for (int64_t u = 0; u < size; ++u) {
-        first[k * size + u] = first_window(u, size, l);
-        last[k * size + u] = last_window(u, size, l);
+    }
+    std::vector<int64_t> class_at(size + 1);
+    for (int64_t u = 0; u <= size; ++u) {
+      if (cut[u]) bound.push_back(u);
+      class_at[u] = static_cast<int64_t>(bound.size()) - 1;
+    }
+    for (int64_t u = 0; u < size; ++u) class_of[u] = class_at[u];
+    for (int k = 0; k < lv.count; ++k) {
+      offset.push_back(static_cast<int64_t>(first.size()));
+      for (int64_t i = 0; i < lv.size[k]; ++i) {
+        const int64_t s = window_start(i, size, lv.size[k]), e = window_end(i, size, lv.size[k]);
+        first.push_back(class_at[s]);
+        last.push_back(class_at[e]);
+        length.push_back(e - s);
       }
     }
   }
+  int64_t classes() const { return static_cast<int64_t>(bound.size()) - 1; }
 };
 
-// One task over `lanes` interleaved planes: element (u, v, lane) at u * row + v * pixel + lane
-// (NCHW: lanes 1, pixel 1; channels_last: lanes <= kHclChannelBlock, pixel C). Returns the task's
-// sum of plane terms; writes the gradient when `grad`.
-template <typename scalar_t, typename T>
-double plane_task(const HclArgs& a, const Axis& rows, const Axis& cols, const scalar_t* fs,
-                  const scalar_t* ft, scalar_t* grad, int64_t pixel, int64_t lanes,
-                  std::vector<T>& d, std::vector<T>& colsum, std::vector<T>& coef) {
-  const int64_t h = a.h, w = a.w, hw = h * w;
+// Per-task scratch, the interleaved parts with `stride` lanes (kHclChannelBlock, or 1 for NCHW
+// tasks of one plane): d in the input's layout, d with the planes interleaved (NCHW tasks of
+// several planes), the row-class column sums, the class-block sums and gradient coefficients,
+// and one expanded coefficient row.
+template <typename T>
+struct Scratch {
+  std::vector<T> d, interleaved, band, block, coef, row;
+  Scratch(const HclArgs& a, const Axis& rows, const Axis& cols, int64_t stride)
+      : d(a.h * a.w * stride),
+        interleaved(!a.channels_last && stride > 1 ? a.h * a.w * stride : 0),
+        band(rows.classes() * a.w * stride),
+        block(rows.classes() * cols.classes() * stride),
+        coef(rows.classes() * cols.classes() * stride),
+        row(a.w * stride) {}
+};
+
+// From the class-block sums of `lanes` planes (s.block, lanes interleaved): per level and window
+// the pooled mean, its loss term, and (when `grad`) its gradient coefficient, scaled by the
+// gradient factor and added to every class block of the window (s.coef). Vectorised over the
+// lanes, so its cost per plane shrinks with the lane count. Returns the sum of the loss terms.
+template <int64_t kStride, typename T>
+double window_terms(const HclArgs& a, const Axis& rows, const Axis& cols, int64_t lanes, bool grad,
+                    Scratch<T>& s) {
+  const int64_t col_classes = cols.classes();
   const HclLevels& lv = a.levels;
-  const int64_t band = w * lanes;  // one row of one level's window band
-  std::fill(colsum.begin(), colsum.end(), T(0));
-  std::fill(coef.begin(), coef.end(), T(0));
-  T ssq_lanes[kHclChannelBlock] = {};
-  for (int64_t u = 0; u < h; ++u) {
-    T* du = d.data() + u * band;
-    if (pixel == 1) {  // NCHW (one lane): a contiguous row
-      const scalar_t* su = fs + u * w;
-      const scalar_t* tu = ft + u * w;
-      T ssq = 0;
-#pragma omp simd reduction(+ : ssq)
-      for (int64_t v = 0; v < w; ++v) {
-        const T dv = static_cast<T>(su[v]) - static_cast<T>(tu[v]);
-        du[v] = dv;
-        ssq += dv * dv;
-      }
-      ssq_lanes[0] += ssq;
-    } else {
-      for (int64_t v = 0; v < w; ++v) {
-        const scalar_t* sp = fs + (u * w + v) * pixel;
-        const scalar_t* tp = ft + (u * w + v) * pixel;
-        T* dp = du + v * lanes;
+  const T factor = static_cast<T>(a.grad_factor);
+  if (grad) std::fill(s.coef.begin(), s.coef.end(), T(0));
+  T terms[kHclChannelBlock] = {};
+  for (int k = 0; k < lv.count; ++k) {
+    const T level_coef = static_cast<T>(lv.coef[k]);
+    for (int64_t i = 0; i < lv.size[k]; ++i) {
+      const int64_t wr = rows.offset[k] + i;
+      for (int64_t j = 0; j < lv.size[k]; ++j) {
+        const int64_t wc = cols.offset[k] + j;
+        const T inv_count = T(1) / static_cast<T>(rows.length[wr] * cols.length[wc]);
+        T sums[kHclChannelBlock] = {};
+        for (int64_t q = rows.first[wr]; q < rows.last[wr]; ++q) {
+          for (int64_t p = cols.first[wc]; p < cols.last[wc]; ++p) {
+            const T* b = s.block.data() + (q * col_classes + p) * kStride;
 #pragma omp simd
-        for (int64_t c = 0; c < lanes; ++c) {
-          const T dv = static_cast<T>(sp[c]) - static_cast<T>(tp[c]);
-          dp[c] = dv;
-          ssq_lanes[c] += dv * dv;
+            for (int64_t c = 0; c < kStride; ++c) sums[c] += b[c];
+          }
         }
-      }
-    }
-    for (int k = 0; k < lv.count; ++k) {
-      for (int64_t i = rows.first[k * h + u]; i < rows.last[k * h + u]; ++i) {
-        T* band_i = colsum.data() + (rows.offset[k] + i) * band;
 #pragma omp simd
-        for (int64_t j = 0; j < band; ++j) band_i[j] += du[j];
+        for (int64_t c = 0; c < kStride; ++c) {
+          const T mean = sums[c] * inv_count;
+          terms[c] += level_coef * mean * mean;
+          sums[c] = factor * level_coef * mean * inv_count;
+        }
+        if (!grad) continue;
+        for (int64_t q = rows.first[wr]; q < rows.last[wr]; ++q) {
+          for (int64_t p = cols.first[wc]; p < cols.last[wc]; ++p) {
+            T* b = s.coef.data() + (q * col_classes + p) * kStride;
+#pragma omp simd
+            for (int64_t c = 0; c < kStride; ++c) b[c] += sums[c];
+          }
+        }
       }
     }
   }
   double total = 0;
-  for (int64_t c = 0; c < lanes; ++c) total += static_cast<double>(ssq_lanes[c]);
-  total /= static_cast<double>(hw);
-  // Window sums -> pooled means -> loss terms and the gradient coefficient of each window.
-  for (int k = 0; k < lv.count; ++k) {
-    const int64_t l = lv.size[k];
-    const T level_coef = static_cast<T>(lv.coef[k]);
-    for (int64_t i = 0; i < l; ++i) {
-      const int64_t r = rows.offset[k] + i;
-      const int64_t height = rows.end[r] - rows.start[r];
-      const T* band_i = colsum.data() + r * band;
-      T* coef_i = coef.data() + r * band;
-      for (int64_t j = 0; j < l; ++j) {
-        const int64_t q = cols.offset[k] + j;
-        const int64_t c0 = cols.start[q], c1 = cols.end[q];
-        const T inv_count = T(1) / static_cast<T>(height * (c1 - c0));
-        if (lanes == 1) {  // one plane: scalar sums over the window's columns
-          T sum = 0;
-          for (int64_t v = c0; v < c1; ++v) sum += band_i[v];
-          const T mean = sum * inv_count;
-          total += static_cast<double>(level_coef * mean * mean);
-          const T spread = level_coef * mean * inv_count;
-          for (int64_t v = c0; v < c1; ++v) coef_i[v] += spread;
-          continue;
-        }
-        T sums[kHclChannelBlock];
-        for (int64_t c = 0; c < lanes; ++c) sums[c] = T(0);
-        for (int64_t v = c0; v < c1; ++v) {
+  for (int64_t c = 0; c < lanes; ++c) total += static_cast<double>(terms[c]);
+  return total;
+}
+
+// The reduction of `lanes` interleaved planes, dt[(u * w + v) * lanes + lane]: the column sums of
+// each row class, the class-block sums, then the window terms (window_terms). Vector work over
+// the lanes throughout, so small maps cost little per plane.
+template <int64_t kStride, typename T>
+double reduce_windows(const HclArgs& a, const Axis& rows, const Axis& cols, int64_t lanes,
+                      const T* dt, bool grad, Scratch<T>& s) {
+  const int64_t span = a.w * kStride;
+  const int64_t col_classes = cols.classes();
+  for (int64_t q = 0; q < rows.classes(); ++q) {
+    T* band = s.band.data() + q * span;
+    const T* first = dt + rows.bound[q] * span;
+    std::copy(first, first + span, band);
+    for (int64_t u = rows.bound[q] + 1; u < rows.bound[q + 1]; ++u) {
+      const T* du = dt + u * span;
 #pragma omp simd
-          for (int64_t c = 0; c < lanes; ++c) sums[c] += band_i[v * lanes + c];
-        }
-        for (int64_t c = 0; c < lanes; ++c) {
-          const T mean = sums[c] * inv_count;
-          total += static_cast<double>(level_coef * mean * mean);
-          sums[c] = level_coef * mean * inv_count;
-        }
-        for (int64_t v = c0; v < c1; ++v) {
+      for (int64_t j = 0; j < span; ++j) band[j] += du[j];
+    }
+    for (int64_t p = 0; p < col_classes; ++p) {
+      T* out = s.block.data() + (q * col_classes + p) * kStride;
+      std::copy(band + cols.bound[p] * kStride, band + (cols.bound[p] + 1) * kStride, out);
+      for (int64_t v = cols.bound[p] + 1; v < cols.bound[p + 1]; ++v) {
 #pragma omp simd
-          for (int64_t c = 0; c < lanes; ++c) coef_i[v * lanes + c] += sums[c];
-        }
+        for (int64_t c = 0; c < kStride; ++c) out[c] += band[v * kStride + c];
       }
     }
   }
+  return window_terms<kStride>(a, rows, cols, lanes, grad, s);
+}
+
+// d = fs - ft over n contiguous elements; returns sum(d^2). Kept out of line: inlined into the
+// parallel loop's body, GCC 12 leaves this simd reduction scalar (about 3x slower).
+template <typename scalar_t, typename T>
+__attribute__((noinline)) T subtract(const scalar_t* fs, const scalar_t* ft, T* d, int64_t n) {
+  T ssq = 0;
+#pragma omp simd reduction(+ : ssq)
+  for (int64_t k = 0; k < n; ++k) {
+    const T dv = static_cast<T>(fs[k]) - static_cast<T>(ft[k]);
+    d[k] = dv;
+    ssq += dv * dv;
+  }
+  return ssq;
+}
+
+// NCHW: a task owns `planes` consecutive (n, c) planes, each contiguous. Pass 1 runs over each
+// flat plane and, for several planes, also interleaves d across them (one scalar store per
+// element) for the shared reduction; pass 2 runs per plane with one expanded coefficient row per
+// row class. Small maps take kStride = kHclChannelBlock planes per task, large ones one.
+template <int64_t kStride, typename scalar_t, typename T>
+double planes_task(const HclArgs& a, const Axis& rows, const Axis& cols, const scalar_t* fs,
+                   const scalar_t* ft, scalar_t* grad, int64_t planes, Scratch<T>& s) {
+  const int64_t h = a.h, w = a.w, hw = h * w;
+  const int64_t col_classes = cols.classes();
+  T ssq = 0;
+  for (int64_t p = 0; p < planes; ++p) {
+    T* d = s.d.data() + p * hw;
+    ssq += subtract(fs + p * hw, ft + p * hw, d, hw);
+    if constexpr (kStride > 1) {
+      T* dt = s.interleaved.data() + p;
+      for (int64_t k = 0; k < hw; ++k) dt[k * kStride] = d[k];
+    }
+  }
+  double total = static_cast<double>(ssq) / static_cast<double>(hw);
+  const T* dt = kStride > 1 ? s.interleaved.data() : s.d.data();
+  total += reduce_windows<kStride>(a, rows, cols, planes, dt, grad != nullptr, s);
   if (grad == nullptr) return total;
-  const T factor = static_cast<T>(a.grad_factor);
-  const T full = factor / static_cast<T>(hw);
-  for (T& value : coef) value *= factor;  // the coefficients are few: scale them, not the pixels
-  std::vector<T>& row = colsum;  // the column sums are spent: reuse one band as the output row
-  for (int64_t u = 0; u < h; ++u) {
-    const T* du = d.data() + u * band;
-    T* out = row.data();
+  const T full = static_cast<T>(a.grad_factor) / static_cast<T>(hw);
+  T* row = s.row.data();
+  for (int64_t p = 0; p < planes; ++p) {
+    const T* d = s.d.data() + p * hw;
+    scalar_t* gp = grad + p * hw;
+    for (int64_t q = 0; q < rows.classes(); ++q) {
+      const T* coef = s.coef.data() + q * col_classes * kStride + p;
+      for (int64_t v = 0; v < w; ++v) row[v] = coef[cols.class_of[v] * kStride];
+      for (int64_t u = rows.bound[q]; u < rows.bound[q + 1]; ++u) {
+        const T* du = d + u * w;
+        scalar_t* gu = gp + u * w;
 #pragma omp simd
-    for (int64_t j = 0; j < band; ++j) out[j] = full * du[j];
-    for (int k = 0; k < lv.count; ++k) {
-      for (int64_t i = rows.first[k * h + u]; i < rows.last[k * h + u]; ++i) {
-        const T* coef_i = coef.data() + (rows.offset[k] + i) * band;
-#pragma omp simd
-        for (int64_t j = 0; j < band; ++j) out[j] += coef_i[j];
+        for (int64_t v = 0; v < w; ++v) gu[v] = static_cast<scalar_t>(full * du[v] + row[v]);
       }
     }
-    if (pixel == 1) {
-      scalar_t* gu = grad + u * w;
+  }
+  return total;
+}
+
+// channels_last: a task owns one image's block of `lanes` <= kHclChannelBlock channels (element
+// (u, v, lane) at (u * w + v) * C + lane), buffered with kHclChannelBlock lanes so that every
+// vector loop has a fixed length (lanes past `lanes` hold stale values and are never summed).
+template <typename scalar_t, typename T>
+double channels_task(const HclArgs& a, const Axis& rows, const Axis& cols, const scalar_t* fs,
+                     const scalar_t* ft, scalar_t* grad, int64_t lanes, Scratch<T>& s) {
+  constexpr int64_t kStride = kHclChannelBlock;
+  const int64_t h = a.h, w = a.w, pixel = a.c;
+  const int64_t span = w * kStride;  // one buffered row
+  const int64_t col_classes = cols.classes();
+  T ssq[kStride] = {};
+  for (int64_t k = 0; k < h * w; ++k) {
+    const scalar_t* sp = fs + k * pixel;
+    const scalar_t* tp = ft + k * pixel;
+    T* dp = s.d.data() + k * kStride;
 #pragma omp simd
-      for (int64_t v = 0; v < w; ++v) gu[v] = static_cast<scalar_t>(out[v]);
-    } else {
+    for (int64_t c = 0; c < lanes; ++c) {
+      const T dv = static_cast<T>(sp[c]) - static_cast<T>(tp[c]);
+      dp[c] = dv;
+      ssq[c] += dv * dv;
+    }
+  }
+  double total = 0;
+  for (int64_t c = 0; c < lanes; ++c) total += static_cast<double>(ssq[c]);
+  total /= static_cast<double>(h * w);
+  total += reduce_windows<kStride>(a, rows, cols, lanes, s.d.data(), grad != nullptr, s);
+  if (grad == nullptr) return total;
+  const T full = static_cast<T>(a.grad_factor) / static_cast<T>(h * w);
+  T* row = s.row.data();
+  for (int64_t q = 0; q < rows.classes(); ++q) {
+    for (int64_t v = 0; v < w; ++v) {
+      const T* b = s.coef.data() + (q * col_classes + cols.class_of[v]) * kStride;
+      std::copy(b, b + kStride, row + v * kStride);
+    }
+    for (int64_t u = rows.bound[q]; u < rows.bound[q + 1]; ++u) {
+      const T* du = s.d.data() + u * span;
       for (int64_t v = 0; v < w; ++v) {
         scalar_t* gp = grad + (u * w + v) * pixel;
-        const T* op = out + v * lanes;
+        const T* dp = du + v * kStride;
+        const T* rp = row + v * kStride;
 #pragma omp simd
-        for (int64_t c = 0; c < lanes; ++c) gp[c] = static_cast<scalar_t>(op[c]);
+        for (int64_t c = 0; c < lanes; ++c) gp[c] = static_cast<scalar_t>(full * dp[c] + rp[c]);
       }
     }
   }
@@ -177,34 +265,37 @@ double plane_task(const HclArgs& a, const Axis& rows, const Axis& cols, const sc
 template <typename scalar_t, typename T>
 void levels_kernel(const HclArgs& a) {
   const Axis rows(a.levels, a.h), cols(a.levels, a.w);
-  const int64_t windows = static_cast<int64_t>(rows.start.size());
   const auto* fs = static_cast<const scalar_t*>(a.student);
   const auto* ft = static_cast<const scalar_t*>(a.teacher);
   auto* grad = static_cast<scalar_t*>(a.grad);
   const int64_t hw = a.h * a.w;
-  const int64_t blocks = a.channels_last ? (a.c + kHclChannelBlock - 1) / kHclChannelBlock : a.c;
-  const int64_t lanes_max = a.channels_last ? std::min(a.c, kHclChannelBlock) : 1;
-  const int64_t task_elements = hw * lanes_max;
-  const int64_t grain = std::max<int64_t>(1, 16384 / task_elements);
-  at::parallel_for(0, a.n * blocks, grain, [&](int64_t begin, int64_t end) {
-    std::vector<T> d(hw * lanes_max), colsum(std::max(windows, int64_t(1)) * a.w * lanes_max),
-        coef(windows * a.w * lanes_max);
+  const int64_t lanes = hcl_task_lanes(a);
+  const int64_t stride = a.channels_last || lanes > 1 ? kHclChannelBlock : 1;
+  const int64_t tasks = hcl_partial_count(a);
+  const int64_t grain = std::max<int64_t>(1, 16384 / (hw * lanes));
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    Scratch<T> scratch(a, rows, cols, stride);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / blocks, b = task % blocks;
-      int64_t offset, lanes, pixel;
+      double& partial = a.partials[task];
       if (a.channels_last) {
-        const int64_t c0 = b * kHclChannelBlock;
-        offset = n * hw * a.c + c0;
-        lanes = std::min(kHclChannelBlock, a.c - c0);
-        pixel = a.c;
-      } else {
-        offset = task * hw;
-        lanes = 1;
-        pixel = 1;
+        const int64_t blocks = (a.c + lanes - 1) / lanes;
+        const int64_t n = task / blocks, c0 = (task % blocks) * lanes;
+        const int64_t offset = n * hw * a.c + c0;
+        partial = channels_task<scalar_t, T>(a, rows, cols, fs + offset, ft + offset,
+                                             grad ? grad + offset : nullptr,
+                                             std::min(lanes, a.c - c0), scratch);
+        continue;
       }
-      a.partials[task] =
-          plane_task<scalar_t, T>(a, rows, cols, fs + offset, ft + offset,
-                                  grad ? grad + offset : nullptr, pixel, lanes, d, colsum, coef);
+      const int64_t p0 = task * lanes, planes = std::min(lanes, a.n * a.c - p0);
+      const int64_t offset = p0 * hw;
+      scalar_t* g = grad ? grad + offset : nullptr;
+      if (lanes > 1) {
+        partial = planes_task<kHclChannelBlock, scalar_t, T>(a, rows, cols, fs + offset,
+                                                             ft + offset, g, planes, scratch);
+      } else {
+        partial =
+            planes_task<1, scalar_t, T>(a, rows, cols, fs + offset, ft + offset, g, 1, scratch);
+      }
     }
   });
 }
