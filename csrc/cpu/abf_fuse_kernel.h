@@ -30,7 +30,9 @@ constexpr int64_t kTile = 64;
 constexpr int64_t kMaxBlocks = 64;
 constexpr int64_t kTaskElements = 16384;  // elements of x per parallel chunk, at least
 
-template <typename scalar_t, typename T>
+// kBroadcast: a 1x1 residual (yhw == 1), read as one value per channel instead of gathered per
+// pixel (AVX2 gathers cost about as much as the rest of the loop).
+template <bool kBroadcast, typename scalar_t, typename T>
 void forward_nchw(const AbfForwardArgs& a) {
   const auto* x = static_cast<const scalar_t*>(a.x);
   const auto* y = static_cast<const scalar_t*>(a.y);
@@ -59,9 +61,10 @@ void forward_nchw(const AbfForwardArgs& a) {
         const AbfChannelWeights<T> wc = abf_channel_weights(weight, m, c);
         const scalar_t* xc = xn + c * hw;
         const scalar_t* yc = yn + c * yhw;
+        const T y0 = static_cast<T>(yc[0]);
 #pragma omp simd
         for (int64_t p = 0; p < count; ++p) {
-          const T xv = static_cast<T>(xc[p]), yv = static_cast<T>(yc[idx[p]]);
+          const T xv = static_cast<T>(xc[p]), yv = kBroadcast ? y0 : static_cast<T>(yc[idx[p]]);
           z0[p] += wc.x0 * xv + wc.y0 * yv;
           z1[p] += wc.x1 * xv + wc.y1 * yv;
         }
@@ -77,10 +80,11 @@ void forward_nchw(const AbfForwardArgs& a) {
         const scalar_t* xc = xn + c * hw;
         const scalar_t* yc = yn + c * yhw;
         scalar_t* oc = on + c * hw;
+        const T y0 = static_cast<T>(yc[0]);
 #pragma omp simd
         for (int64_t p = 0; p < count; ++p) {
-          oc[p] = static_cast<scalar_t>(static_cast<T>(xc[p]) * z0[p] +
-                                        static_cast<T>(yc[idx[p]]) * z1[p]);
+          const T yv = kBroadcast ? y0 : static_cast<T>(yc[idx[p]]);
+          oc[p] = static_cast<scalar_t>(static_cast<T>(xc[p]) * z0[p] + yv * z1[p]);
         }
       }
     }
@@ -126,8 +130,8 @@ void forward_nhwc(const AbfForwardArgs& a) {
 }
 
 // One task: image n, residual row s. `acc` (M * yw opmath) collects d y_up of that row;
-// `partial` (4M + 2) the block's d weight and d bias.
-template <typename scalar_t, typename T>
+// `partial` (4M + 2) the block's d weight and d bias. kBroadcast as for forward_nchw.
+template <bool kBroadcast, typename scalar_t, typename T>
 void backward_task_nchw(const AbfBackwardArgs& a, int64_t n, int64_t s, T* acc, T* partial) {
   const auto* grad = static_cast<const scalar_t*>(a.grad);
   const auto* x = static_cast<const scalar_t*>(a.x);
@@ -155,11 +159,12 @@ void backward_task_nchw(const AbfBackwardArgs& a, int64_t n, int64_t s, T* acc, 
       const scalar_t* gc = grad + base + c * hw;
       const scalar_t* xc = x + base + c * hw;
       const scalar_t* yc = y + (n * m + c) * yhw;
+      const T y0 = static_cast<T>(yc[0]);
 #pragma omp simd
       for (int64_t p = 0; p < count; ++p) {
         const T g = static_cast<T>(gc[p]);
         da0[p] += g * static_cast<T>(xc[p]);
-        da1[p] += g * static_cast<T>(yc[idx[p]]);
+        da1[p] += g * (kBroadcast ? y0 : static_cast<T>(yc[idx[p]]));
       }
     }
     const T* gz = gates + 2 * (n * hw + p0);
@@ -181,20 +186,31 @@ void backward_task_nchw(const AbfBackwardArgs& a, int64_t n, int64_t s, T* acc, 
       const scalar_t* xc = x + base + c * hw;
       const scalar_t* yc = y + (n * m + c) * yhw;
       scalar_t* dxc = dx + base + c * hw;
-      T sx0 = 0, sx1 = 0, sy0 = 0, sy1 = 0;
-#pragma omp simd reduction(+ : sx0, sx1, sy0, sy1)
+      const T y0 = static_cast<T>(yc[0]);
+      T sx0 = 0, sx1 = 0, sy0 = 0, sy1 = 0, sdy = 0;
+#pragma omp simd reduction(+ : sx0, sx1, sy0, sy1, sdy)
       for (int64_t p = 0; p < count; ++p) {
         const T g = static_cast<T>(gc[p]);
-        const T xv = static_cast<T>(xc[p]), yv = static_cast<T>(yc[idx[p]]);
+        const T xv = static_cast<T>(xc[p]);
+        const T yv = kBroadcast ? y0 : static_cast<T>(yc[idx[p]]);
         dxc[p] = static_cast<scalar_t>(abf_grad_x(wc, g, z0[p], da0[p], da1[p]));
-        dyu[p] = abf_grad_y(wc, g, z1[p], da0[p], da1[p]);
+        const T dyv = abf_grad_y(wc, g, z1[p], da0[p], da1[p]);
+        if constexpr (kBroadcast) {
+          sdy += dyv;
+        } else {
+          dyu[p] = dyv;
+        }
         sx0 += da0[p] * xv;
         sx1 += da1[p] * xv;
         sy0 += da0[p] * yv;
         sy1 += da1[p] * yv;
       }
       T* accc = acc + c * yw;
-      for (int64_t p = 0; p < count; ++p) accc[idx[p] - row_offset] += dyu[p];  // pixel order
+      if constexpr (kBroadcast) {
+        accc[0] += sdy;
+      } else {
+        for (int64_t p = 0; p < count; ++p) accc[idx[p] - row_offset] += dyu[p];  // pixel order
+      }
       partial[c] += sx0;
       partial[m + c] += sy0;
       partial[2 * m + c] += sx1;
@@ -279,8 +295,10 @@ void backward(const AbfBackwardArgs& a) {
       for (int64_t task = b * tasks / blocks; task < (b + 1) * tasks / blocks; ++task) {
         if (a.channels_last) {
           backward_task_nhwc<scalar_t, T>(a, task / a.yh, task % a.yh, acc.data(), partial);
+        } else if (a.yhw == 1) {
+          backward_task_nchw<true, scalar_t, T>(a, task / a.yh, task % a.yh, acc.data(), partial);
         } else {
-          backward_task_nchw<scalar_t, T>(a, task / a.yh, task % a.yh, acc.data(), partial);
+          backward_task_nchw<false, scalar_t, T>(a, task / a.yh, task % a.yh, acc.data(), partial);
         }
       }
     }
@@ -305,8 +323,10 @@ void abf_fuse_forward_kernel(const AbfForwardArgs& a) {
     using T = at::opmath_type<scalar_t>;
     if (a.channels_last) {
       abf::forward_nhwc<scalar_t, T>(a);
+    } else if (a.yhw == 1) {
+      abf::forward_nchw<true, scalar_t, T>(a);
     } else {
-      abf::forward_nchw<scalar_t, T>(a);
+      abf::forward_nchw<false, scalar_t, T>(a);
     }
   });
 }
