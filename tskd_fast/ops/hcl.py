@@ -75,9 +75,12 @@ class _EagerHclLoss(torch.autograd.Function):
 
 def call_hcl_loss(op, *args) -> tuple[torch.Tensor, torch.Tensor]:
     """op(*args) for any backend's hcl_loss op, with the lighter autograd path when eager."""
-    if args[0].requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
+        return op(*args)
+    if args[0].requires_grad and torch.is_grad_enabled():
         return _EagerHclLoss.apply(op, *args)
-    return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():  # nothing to record: skip the autograd wrapper
+        return op(*args)
 
 
 def register_hcl_loss_op(op) -> None:

@@ -129,9 +129,12 @@ class _EagerKdLoss(torch.autograd.Function):
 
 def call_kd_loss(op, *args) -> tuple[torch.Tensor, torch.Tensor]:
     """op(*args) for any backend's kd_loss op, with the lighter autograd path when eager."""
-    if args[0].requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
+        return op(*args)
+    if args[0].requires_grad and torch.is_grad_enabled():
         return _EagerKdLoss.apply(op, *args)
-    return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():  # nothing to record: skip the autograd wrapper
+        return op(*args)
 
 
 def register_kd_loss_op(op) -> None:
