@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "cpu/output_pool.h"
 #include "tskd_fast/checks.h"
 #include "tskd_fast/hcl_math.h"
 
@@ -44,8 +45,9 @@ at::Tensor in_kernel_layout(const at::Tensor& t, bool channels_last) {
 
 at::Tensor empty_in_layout(at::IntArrayRef sizes, const at::TensorOptions& options,
                            bool channels_last) {
-  return at::empty(sizes, options.memory_format(channels_last ? at::MemoryFormat::ChannelsLast
-                                                              : at::MemoryFormat::Contiguous));
+  return cpu::empty_output(
+      sizes, options,
+      channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
 }
 
 void check_abf_fuse_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& weight,

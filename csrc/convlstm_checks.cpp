@@ -5,6 +5,8 @@
 
 #include <vector>
 
+#include "cpu/output_pool.h"
+
 namespace tskd_fast {
 namespace {
 
@@ -121,7 +123,7 @@ ConvLstmInputs convlstm_kernel_inputs(const at::Tensor& gates, const at::Tensor&
 }
 
 at::Tensor convlstm_empty_state(const ConvLstmInputs& in, const at::TensorOptions& options) {
-  return at::empty(in.c_prev.sizes(), options.memory_format(format_of(in.channels_last)));
+  return cpu::empty_output(in.c_prev.sizes(), options, format_of(in.channels_last));
 }
 
 at::Tensor convlstm_state_in_layout(const at::Tensor& t, bool channels_last) {
@@ -129,7 +131,7 @@ at::Tensor convlstm_state_in_layout(const at::Tensor& t, bool channels_last) {
 }
 
 at::Tensor convlstm_empty_gates_like(const ConvLstmInputs& in) {
-  return at::empty(in.gates.sizes(), in.gates.options().memory_format(format_of(in.channels_last)));
+  return cpu::empty_output(in.gates.sizes(), in.gates.options(), format_of(in.channels_last));
 }
 
 at::Tensor convlstm_peephole_grad(const at::Tensor& row_sums, const at::Tensor& peephole,

@@ -3,6 +3,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/output_pool.h"
+
 extern "C" {
 // Importing tskd_fast._C loads this library, whose static initialisers register the ops.
 PyObject* PyInit__C(void) {
@@ -55,4 +57,8 @@ TORCH_LIBRARY(tskd_fast, m) {
   m.def(
       "hcl_loss(Tensor student, Tensor teacher, int[] levels, bool compute_grad, "
       "float grad_scale=1.) -> (Tensor loss, Tensor grad)");
+  // The CPU kernels' pool of large output blocks (csrc/cpu/output_pool.h): the bytes it holds in
+  // released blocks, and returning them all to the system (gives the bytes returned).
+  m.def("output_pool_cached_bytes() -> int", &tskd_fast::cpu::output_pool_cached_bytes);
+  m.def("release_output_pool() -> int", &tskd_fast::cpu::release_pooled_outputs);
 }

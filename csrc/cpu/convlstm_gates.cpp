@@ -7,7 +7,6 @@
 #include <tuple>
 
 #include "cpu/convlstm_gates_args.h"
-#include "cpu/huge_pages.h"
 #include "cpu/isa_dispatch.h"
 #include "tskd_fast/checks.h"
 #include "tskd_fast/convlstm_checks.h"
@@ -28,8 +27,6 @@ std::tuple<at::Tensor, at::Tensor> convlstm_gates_cpu(const at::Tensor& gates,
   const ConvLstmInputs in = convlstm_kernel_inputs(gates, c_prev, w_ci, w_cf, w_co);
   at::Tensor h = convlstm_empty_state(in, in.c_prev.options());
   at::Tensor c = convlstm_empty_state(in, in.c_prev.options());
-  advise_huge_pages(h);
-  advise_huge_pages(c);
   ConvLstmGatesArgs args{};
   args.layout = in.layout;
   args.gates = in.gates.data_ptr();
@@ -58,8 +55,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> convlstm_
   if (grad_c_in.has_value()) grad_c = convlstm_state_in_layout(*grad_c_in, in.channels_last);
   at::Tensor grad_gates = convlstm_empty_gates_like(in);
   at::Tensor grad_c_prev = convlstm_empty_state(in, in.c_prev.options());
-  advise_huge_pages(grad_gates);
-  advise_huge_pages(grad_c_prev);
   const auto sums_options = in.c_prev.options().dtype(opmath_type(in.c_prev.scalar_type()));
   auto sums_for = [&](const std::optional<at::Tensor>& w) -> std::optional<at::Tensor> {
     if (!peephole_grads || !w.has_value()) return std::nullopt;

@@ -8,7 +8,6 @@
 
 #include "abf_hcl_checks.h"
 #include "cpu/hcl_args.h"
-#include "cpu/huge_pages.h"
 #include "cpu/isa_dispatch.h"
 #include "tskd_fast/checks.h"
 #include "tskd_fast/hcl_math.h"
@@ -28,7 +27,6 @@ std::tuple<at::Tensor, at::Tensor> hcl_loss_cpu(const at::Tensor& student_in,
   at::Tensor grad = compute_grad
                         ? empty_in_layout(student.sizes(), student.options(), channels_last)
                         : at::empty({0}, student.options());
-  if (compute_grad) advise_huge_pages(grad);
   HclArgs args{};
   args.student = student.data_ptr();
   args.teacher = teacher.data_ptr();

@@ -6,8 +6,8 @@
 #include <cmath>
 #include <tuple>
 
-#include "cpu/huge_pages.h"
 #include "cpu/isa_dispatch.h"
+#include "cpu/output_pool.h"
 #include "tskd_fast/checks.h"
 
 namespace tskd_fast::cpu {
@@ -43,9 +43,8 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cpu(const at::Tensor& student_in,
   }
 
   at::Tensor row_loss = at::empty({rows}, temperature.options());
-  at::Tensor row_grad = compute_grad ? at::empty({rows, classes}, student.options())
+  at::Tensor row_grad = compute_grad ? empty_output({rows, classes}, student.options())
                                      : at::empty({0}, student.options());
-  advise_huge_pages(row_grad);
   KdLossArgs args{};
   args.student = student.data_ptr();
   args.teacher = teacher.data_ptr();
