@@ -32,10 +32,11 @@ namespace hcl {
 // to class-block sums (one add per element) and the gradient to one coefficient per class block
 // (one multiply-add per element), however many levels and overlapping windows there are.
 struct Axis {
-  std::vector<int64_t> bound;                // class q covers [bound[q], bound[q + 1])
-  std::vector<int64_t> class_of;             // per position
-  std::vector<int64_t> offset;               // per level k: index of its window 0 below
-  std::vector<int64_t> first, last, length;  // per window: classes [first, last), positions
+  std::vector<int64_t> bound;          // class q covers [bound[q], bound[q + 1])
+  std::vector<int64_t> class_of;       // per position
+  std::vector<int64_t> offset;         // per level k: index of its window 0 below
+  std::vector<int64_t> first, last;    // per window: classes [first, last)
+  std::vector<double> inverse_length;  // per window: 1 / its number of positions
 
   Axis(const HclLevels& lv, int64_t size) : class_of(size) {
     std::vector<bool> cut(size + 1, false);
@@ -58,7 +59,7 @@ struct Axis {
         const int64_t s = window_start(i, size, lv.size[k]), e = window_end(i, size, lv.size[k]);
         first.push_back(class_at[s]);
         last.push_back(class_at[e]);
-        length.push_back(e - s);
+        inverse_length.push_back(1.0 / static_cast<double>(e - s));
       }
     }
   }
@@ -99,7 +100,7 @@ double window_terms(const HclArgs& a, const Axis& rows, const Axis& cols, int64_
       const int64_t wr = rows.offset[k] + i;
       for (int64_t j = 0; j < lv.size[k]; ++j) {
         const int64_t wc = cols.offset[k] + j;
-        const T inv_count = T(1) / static_cast<T>(rows.length[wr] * cols.length[wc]);
+        const T inv_count = static_cast<T>(rows.inverse_length[wr] * cols.inverse_length[wc]);
         T sums[kHclChannelBlock] = {};
         for (int64_t q = rows.first[wr]; q < rows.last[wr]; ++q) {
           for (int64_t p = cols.first[wc]; p < cols.last[wc]; ++p) {
@@ -202,7 +203,9 @@ double planes_task(const HclArgs& a, const Axis& rows, const Axis& cols, const s
     scalar_t* gp = grad + p * hw;
     for (int64_t q = 0; q < rows.classes(); ++q) {
       const T* coef = s.coef.data() + q * col_classes * kStride + p;
-      for (int64_t v = 0; v < w; ++v) row[v] = coef[cols.class_of[v] * kStride];
+      for (int64_t p = 0; p < col_classes; ++p) {
+        std::fill(row + cols.bound[p], row + cols.bound[p + 1], coef[p * kStride]);
+      }
       for (int64_t u = rows.bound[q]; u < rows.bound[q + 1]; ++u) {
         const T* du = d + u * w;
         scalar_t* gu = gp + u * w;
