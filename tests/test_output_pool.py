@@ -9,11 +9,10 @@ import torch
 from tskd_fast import functional as F
 from tskd_fast import reference
 from tskd_fast.bench.memory import peak_memory_bytes
+from tskd_fast.ops import output_pool_bytes as pool_bytes
+from tskd_fast.ops import release_output_pool as release_pool
 
 POOLED = 4 << 20  # kPooledOutputBytes
-
-pool_bytes = torch.ops.tskd_fast.output_pool_cached_bytes
-release_pool = torch.ops.tskd_fast.release_output_pool
 
 
 @pytest.fixture(autouse=True)

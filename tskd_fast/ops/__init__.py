@@ -30,6 +30,8 @@ __all__ = [
     "dtd_weight_op",
     "hcl_loss_op",
     "kd_loss_op",
+    "output_pool_bytes",
+    "release_output_pool",
     "resolve_backend",
     "triton_available",
 ]
@@ -91,3 +93,18 @@ def hcl_loss_op(backend: str):
 
         return triton_hcl.hcl_loss_triton
     return torch.ops.tskd_fast.hcl_loss.default
+
+
+def output_pool_bytes() -> int:
+    """Bytes the CPU kernels hold in released output blocks for reuse (0 without the extension).
+
+    CPU outputs of 4 MiB and more (gradients, ConvLSTM states) come from a pool of blocks that
+    earlier outputs released, so a training loop does not fault in fresh pages every step; the
+    pool keeps at most 1 GiB of released blocks.
+    """
+    return int(torch.ops.tskd_fast.output_pool_cached_bytes()) if _extension.has_cpu_kernels() else 0
+
+
+def release_output_pool() -> int:
+    """Return every released output block to the system (like torch.cuda.empty_cache); the bytes."""
+    return int(torch.ops.tskd_fast.release_output_pool()) if _extension.has_cpu_kernels() else 0
