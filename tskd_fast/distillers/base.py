@@ -119,8 +119,7 @@ class Distiller(nn.Module):
         The losses are already multiplied by their weights (and schedule factors); the trainer
         back-propagates their sum.
         """
-        want_s = any(t.needs_student_features for t in self.terms.values())
-        want_t = any(t.needs_teacher_features for t in self.terms.values())
+        want_s, want_t = self.wants_features()
         s_out = self.student(image, with_features=True) if want_s else self.student(image)
         s_logits, s_feats = s_out if want_s else (s_out, None)
         t_logits, t_feats = None, None
@@ -142,7 +141,19 @@ class Distiller(nn.Module):
             name: term(outputs) * (self.weights[name] * self.term_factors[name])
             for name, term in self.terms.items()
         }
+        losses.update(self.method_losses(image, outputs))
         return s_logits, losses
+
+    def wants_features(self) -> tuple[bool, bool]:
+        """Whether this step needs the (student, teacher) features: by default, whether a term does."""
+        return (
+            any(t.needs_student_features for t in self.terms.values()),
+            any(t.needs_teacher_features for t in self.terms.values()),
+        )
+
+    def method_losses(self, image: Tensor, outputs: StepOutputs) -> dict[str, Tensor]:
+        """The method's own weighted losses besides its terms' (TSKD's review loss); none by default."""
+        return {}
 
     def forward_test(self, image: Tensor) -> Tensor:
         """image (B, 3, H, W) -> student logits (B, K)."""

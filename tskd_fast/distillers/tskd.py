@@ -243,43 +243,26 @@ class TSKDDistiller(Distiller):
     def extra_modules(self) -> dict[str, nn.Module]:
         return {"review": self.review}
 
-    def forward_train(
-        self, image: Tensor, target: Tensor, epoch: int = 0, progress: float = 0.0, **kwargs: Any
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """image (B, 3, H, W), target (B,) -> (student logits (B, K), {"ce", "kd"[, "tskd_review"]})."""
-        reviewing = self.reviewing
-        want_s = reviewing or any(t.needs_student_features for t in self.terms.values())
-        want_t = reviewing or any(t.needs_teacher_features for t in self.terms.values())
-        s_out = self.student(image, with_features=True) if want_s else self.student(image)
-        s_logits, s_feats = s_out if want_s else (s_out, None)
-        assert self.teacher is not None
-        with torch.no_grad():
-            t_out = self.teacher(image, with_features=True) if want_t else self.teacher(image)
-        t_logits, t_feats = t_out if want_t else (t_out, None)
-        outputs = StepOutputs(
-            student_logits=s_logits,
-            teacher_logits=t_logits,
-            target=target,
-            student_features=s_feats,
-            teacher_features=t_feats,
-            epoch=epoch,
-            progress=progress,
+    def needs_teacher(self) -> bool:
+        return self.reviewing or super().needs_teacher()
+
+    def wants_features(self) -> tuple[bool, bool]:
+        want_s, want_t = super().wants_features()
+        return want_s or self.reviewing, want_t or self.reviewing
+
+    def method_losses(self, image: Tensor, outputs: StepOutputs) -> dict[str, Tensor]:
+        """The review loss on review epochs (weighted), else nothing."""
+        if not self.reviewing:
+            return {}
+        s_feats, t_feats = outputs.student_features, outputs.teacher_features
+        assert s_feats is not None and t_feats is not None
+        nb = self.options["branches"]
+        review = self.review(
+            self.snapshot_maps(image),
+            s_feats[self.options["student_features"]][:nb],
+            t_feats[self.options["teacher_features"]][:nb],
         )
-        losses = {
-            name: term(outputs) * (self.weights[name] * self.term_factors[name])
-            for name, term in self.terms.items()
-        }
-        if reviewing:
-            assert s_feats is not None and t_feats is not None
-            nb = self.options["branches"]
-            previous = self.snapshot_maps(image)
-            review = self.review(
-                previous,
-                s_feats[self.options["student_features"]][:nb],
-                t_feats[self.options["teacher_features"]][:nb],
-            )
-            losses[REVIEW_LOSS] = review * self.review_weight
-        return s_logits, losses
+        return {REVIEW_LOSS: review * self.review_weight}
 
     @torch.no_grad()
     def snapshot_maps(self, image: Tensor) -> list[list[Tensor]]:
