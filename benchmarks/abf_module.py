@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
-from collections.abc import Callable
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import peak_memory_bytes, sync  # noqa: E402
+from common import peak_memory_bytes, time_alternating  # noqa: E402
 
 from tskd_fast.nn import ABF  # noqa: E402
 
@@ -33,30 +30,6 @@ CASES = [
     ("R18 f2", 128, 512, 128, 28, 14, 32),
     ("R18 f1", 64, 512, 64, 56, 28, 32),
 ]
-
-
-def time_alternating(fns: dict[str, Callable[[], object]], device: str, warmup: int, repeat: int) -> dict:
-    """Median and 20th/80th percentile ms of each fn, calling them in turn within every round."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    sync(device)
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            samples[name].append((time.perf_counter() - start) * 1e3)
-    out = {}
-    for name, s in samples.items():
-        s.sort()
-        out[name] = {
-            "median": statistics.median(s),
-            "p20": s[int(0.2 * (len(s) - 1))],
-            "p80": s[int(0.8 * (len(s) - 1))],
-        }
-    return out
 
 
 def abf_step(abf: ABF, x: torch.Tensor, y: torch.Tensor, g_out: torch.Tensor, g_res: torch.Tensor):

@@ -1,13 +1,16 @@
-"""Timing and peak-memory helpers of the stand-alone benchmark scripts (`tskd-fast bench` has its own,
-alternating harness in tskd_fast.bench)."""
+"""Timing and peak-memory helpers of the stand-alone benchmark scripts: thin wrappers over the
+alternating harness of `tskd-fast bench` (tskd_fast.bench.timing, .memory, .bandwidth), so the
+scripts and the CLI measure the same way."""
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+
+from tskd_fast.bench.bandwidth import copy_bandwidth as _copy_bandwidth
+from tskd_fast.bench.memory import peak_memory_bytes as _peak_memory_bytes
+from tskd_fast.bench.timing import Plan, measure, warm_up
 
 
 def sync(device: str) -> None:
@@ -15,43 +18,30 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def time_alternating(
+    fns: dict[str, Callable[[], object]], device: str = "cpu", warmup: int = 3, repeat: int = 20
+) -> dict[str, dict[str, float]]:
+    """{name: {"median", "p20", "p80"}} in ms per call, the fns called in turn within every round
+    (each round starting one further along), after `warmup` calls of each."""
+    dev = torch.device(device)
+    call_ms, failed = warm_up(fns, dev, warmup)
+    if failed:
+        raise RuntimeError("; ".join(f"{name}: {error}" for name, error in failed.items()))
+    plan = Plan(repeat=repeat, min_repeat=min(5, repeat), max_seconds=float("inf"))
+    stats = measure(fns, dev, plan, call_ms)
+    return {name: {"median": s.median, "p20": s.p20, "p80": s.p80} for name, s in stats.items()}
+
+
 def time_call(fn: Callable[[], object], device: str = "cpu", warmup: int = 3, repeat: int = 20) -> dict:
     """Median and 20th/80th percentile wall time of fn() in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        samples.append((time.perf_counter() - start) * 1e3)
-    samples.sort()
-    return {
-        "median": statistics.median(samples),
-        "p20": samples[int(0.2 * (len(samples) - 1))],
-        "p80": samples[int(0.8 * (len(samples) - 1))],
-    }
+    return time_alternating({"fn": fn}, device, warmup, repeat)["fn"]
 
 
 def peak_memory_bytes(fn: Callable[[], object], device: str = "cpu") -> int:
     """Peak of the bytes allocated by fn() above what was allocated before it."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before
-    # On the CPU the profiler's memory events give every allocation and free in order.
-    with torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-    ) as prof:
-        fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    events.sort(key=lambda e: e.start_ns())
-    current = peak = 0
-    for event in events:
-        current += event.nbytes()
-        peak = max(peak, current)
-    return peak
+    return _peak_memory_bytes(fn, torch.device(device))
+
+
+def copy_bandwidth(device: str = "cpu", buffer_bytes: int = 256 * 2**20, repeat: int = 10) -> float:
+    """GB/s of a large tensor copy (read + write), measured like the CLI's."""
+    return _copy_bandwidth(torch.device(device), buffer_bytes, repeat).gbps

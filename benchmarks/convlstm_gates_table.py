@@ -18,7 +18,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 # Inductor's background pool of compile workers would share the CPU with the timed code.
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
@@ -26,7 +25,7 @@ os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import peak_memory_bytes, sync  # noqa: E402
+from common import copy_bandwidth, peak_memory_bytes, time_alternating  # noqa: E402
 from kd_loss_table import machine  # noqa: E402
 
 from tskd_fast import functional as F  # noqa: E402
@@ -69,44 +68,6 @@ def forward_backward(fn, leaves, dh, dc):
     return step
 
 
-def copy_bandwidth(device: str, repeat: int) -> float:
-    """GB/s of a 256 MiB tensor copy (read + write)."""
-    src = torch.randn(64 * 2**20, device=device)
-    dst = torch.empty_like(src)
-    samples = []
-    for _ in range(repeat + 2):
-        sync(device)
-        start = time.perf_counter()
-        dst.copy_(src)
-        sync(device)
-        samples.append(time.perf_counter() - start)
-    return 2 * src.nbytes / statistics.median(samples[2:]) / 1e9
-
-
-def time_alternating(steps: dict, device: str, repeat: int) -> dict:
-    """Median and 20th/80th percentile ms of each step, the steps called in turn."""
-    for step in steps.values():
-        for _ in range(3):
-            step()
-    samples = {name: [] for name in steps}
-    for _ in range(repeat):
-        for name, step in steps.items():
-            sync(device)
-            start = time.perf_counter()
-            step()
-            sync(device)
-            samples[name].append((time.perf_counter() - start) * 1e3)
-    out = {}
-    for name, s in samples.items():
-        s.sort()
-        out[name] = {
-            "median": statistics.median(s),
-            "p20": s[int(0.2 * (len(s) - 1))],
-            "p80": s[int(0.8 * (len(s) - 1))],
-        }
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -135,8 +96,8 @@ def main() -> None:
     for batch, hidden, height, width in shapes:
         leaves, dh, dc = make_inputs(batch, hidden, height, width, args.device, args.peepholes)
         steps = {name: forward_backward(fn, leaves, dh, dc) for name, fn in impls.items()}
-        results = time_alternating(steps, args.device, args.repeat)
-        copy = copy_bandwidth(args.device, 5)
+        results = time_alternating(steps, args.device, repeat=args.repeat)
+        copy = copy_bandwidth(args.device, repeat=5)
         copy_gbs.append(copy)
         for name, step in steps.items():
             results[name]["peak"] = peak_memory_bytes(step, args.device)

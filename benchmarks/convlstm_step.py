@@ -14,40 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import peak_memory_bytes, sync  # noqa: E402
+from common import peak_memory_bytes, time_alternating  # noqa: E402
 
 from tskd_fast.nn import ConvLSTMCell  # noqa: E402
-
-
-def time_alternating(steps: dict, device: str, repeat: int, warmup: int = 3) -> dict:
-    """{name: {"median", "p20", "p80"}} in ms, the steps called in turn ``repeat`` times."""
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    samples: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeat):
-        for name, step in steps.items():
-            sync(device)
-            start = time.perf_counter()
-            step()
-            sync(device)
-            samples[name].append((time.perf_counter() - start) * 1e3)
-    out = {}
-    for name, s in samples.items():
-        s.sort()
-        out[name] = {
-            "median": statistics.median(s),
-            "p20": s[int(0.2 * (len(s) - 1))],
-            "p80": s[int(0.8 * (len(s) - 1))],
-        }
-    return out
 
 
 def report(results: dict, peaks: dict, title: str) -> None:
@@ -115,7 +89,7 @@ def main() -> None:
     # Same numbers first: the comparison is of one computation.
     out_f, out_r = (cells[n](x, (h, c)) for n in ("fused", "reference"))
     torch.testing.assert_close(out_f, out_r, rtol=1e-4, atol=1e-5)
-    results = time_alternating(steps, device, args.repeat)
+    results = time_alternating(steps, device, repeat=args.repeat)
     peaks = {name: peak_memory_bytes(step, device) for name, step in steps.items()}
     where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     peep = ", peepholes" if args.peephole else ""
