@@ -3,6 +3,8 @@ served from blocks that earlier outputs released. Reused blocks hold stale value
 checked against its reference on a second call; the layout, resizing, the profiler's view and
 releasing the pool are checked too."""
 
+import multiprocessing
+
 import pytest
 import torch
 
@@ -115,3 +117,27 @@ def test_release_returns_every_cached_block():
     assert cached >= 300 * 4000 * 4
     assert release_pool() == cached
     assert pool_bytes() == 0
+
+
+def _child_step(queue) -> None:
+    torch.set_num_threads(1)  # GNU OpenMP's thread team does not survive a fork (as in DataLoader workers)
+    inherited = pool_bytes()
+    student, teacher = torch.randn(300, 4000), torch.randn(300, 4000)
+    fused = kd_grad(student, teacher, "cpu")
+    expected = kd_grad(student, teacher, "reference")
+    queue.put((inherited, bool(torch.allclose(fused, expected, rtol=1e-5, atol=1e-8))))
+
+
+def test_a_forked_child_starts_with_its_own_pool():
+    grad = kd_grad(torch.randn(300, 4000), torch.randn(300, 4000), "cpu")
+    del grad
+    assert pool_bytes() > 0  # the parent's cached block
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_step, args=(queue,))
+    child.start()
+    inherited, matches = queue.get(timeout=120)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert inherited == 0  # the parent's blocks (and its lock) were not handed to the child
+    assert matches

@@ -6,12 +6,17 @@
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <deque>
 #include <mutex>
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#endif
+#if defined(__unix__)
+#include <pthread.h>
 #endif
 
 namespace tskd_fast::cpu {
@@ -66,7 +71,7 @@ class OutputPool {
     std::deque<Block> evicted;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      live_ -= block.capacity;
+      live_ -= std::min(live_, block.capacity);  // a block from before a fork is new to this pool
       report(block.ptr, -static_cast<int64_t>(block.capacity));
       free_.push_back(block);
       cached_ += block.capacity;
@@ -112,10 +117,21 @@ class OutputPool {
   size_t live_ = 0;
 };
 
-// Never destroyed: outputs may outlive static destruction at exit.
+// Never destroyed: outputs may outlive static destruction at exit. A forked child starts a fresh
+// pool: another thread of the parent may have held the lock at the fork, and the blocks the
+// parent had cached stay with the parent (in the child they are leaked copy-on-write pages).
+std::atomic<OutputPool*> instance{nullptr};
+
 OutputPool& pool() {
-  static OutputPool* instance = new OutputPool();
-  return *instance;
+  static const bool once = [] {
+    instance.store(new OutputPool());
+#if defined(__unix__)
+    pthread_atfork(nullptr, nullptr, [] { instance.store(new OutputPool()); });
+#endif
+    return true;
+  }();
+  (void)once;
+  return *instance.load();
 }
 
 }  // namespace
