@@ -182,3 +182,39 @@ def test_empty_batch(backend):
     (h.sum() + c.sum()).backward()
     for w in leaves[2:]:
         assert torch.equal(w.grad, torch.zeros_like(w))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_saturated_and_non_finite_pre_activations(backend):
+    """Gates far into saturation, infinite or NaN: the same h and c as the reference (sigmoid and
+    tanh clamp or saturate, never overflow), NaN only where the reference has NaN, and finite
+    gradients wherever the pre-activations are finite."""
+    device = device_of(backend)
+    specials = torch.tensor([0.0, 1e-6, -3.0, 30.0, -30.0, 88.0, -88.0, 100.0, -1e4, 1e4])
+    hidden, side = 3, 5
+    gen = torch.Generator().manual_seed(7)
+    gates = specials[torch.randint(len(specials), (2, 4 * hidden, side, side), generator=gen)]
+    c_prev = torch.randn(2, hidden, side, side, generator=gen) * 3
+    finite = gates.clone()
+    gates[0, 0, 0, 0], gates[0, hidden, 1, 1], gates[1, 2 * hidden, 2, 2] = (
+        float("inf"),
+        -float("inf"),
+        float("nan"),
+    )
+    gates[1, 3 * hidden, 3, 3] = -float("inf")
+    h, c = F.convlstm_gates(gates.to(device), c_prev.to(device), backend=backend)
+    h_ref, c_ref = F.convlstm_gates(gates, c_prev, backend="reference")
+    torch.testing.assert_close(h.cpu(), h_ref, rtol=1e-5, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(c.cpu(), c_ref, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+    g = finite.clone().to(device).requires_grad_()
+    cp = c_prev.clone().to(device).requires_grad_()
+    h, c = F.convlstm_gates(g, cp, backend=backend)
+    (h.sum() + c.sum()).backward()
+    g_ref = finite.clone().requires_grad_()
+    cp_ref = c_prev.clone().requires_grad_()
+    h_ref, c_ref = F.convlstm_gates(g_ref, cp_ref, backend="reference")
+    (h_ref.sum() + c_ref.sum()).backward()
+    assert torch.isfinite(g.grad).all() and torch.isfinite(cp.grad).all()
+    torch.testing.assert_close(g.grad.cpu(), g_ref.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cp.grad.cpu(), cp_ref.grad, rtol=1e-5, atol=1e-6)

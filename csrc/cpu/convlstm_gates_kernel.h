@@ -28,6 +28,16 @@ namespace tskd_fast::cpu::CPU_CAPABILITY {
 template <typename T>
 struct VecGateOps {
   using V = Vectorized<T>;
+  // float on AVX2 / AVX-512: sigmoid and tanh straight from one clamped exp2 each (fast_exp.h),
+  // about a third fewer instructions than the sign-split forms below, which the rest use.
+  static constexpr bool kOwnActivations = std::is_same_v<T, float> && kHasExp2Clamped;
+  static V sigmoid(const V& x) {  // 1 / (1 + exp(-x))
+    return V(T(1)) / (V(T(1)) + exp2_clamped(x * V(T(-M_LOG2E))));
+  }
+  static V tanh(const V& x) {  // 1 - 2 / (1 + exp(2x))
+    const V r = V(T(1)) / (V(T(1)) + exp2_clamped(x * V(T(2 * M_LOG2E))));
+    return at::vec::fmadd(V(T(-2)), r, V(T(1)));
+  }
   static V exp_nonpositive(const V& x) {
     if constexpr (std::is_same_v<T, float>) {
       return exp2_nonpositive(x * V(T(M_LOG2E)));

@@ -70,4 +70,50 @@ inline Vectorized<float> exp2_nonpositive(const Vectorized<float>& x) {
 }
 #endif
 
+// 2^x for any float x, clamped to [2^-125, 2^126] (NaN stays NaN): for activations whose
+// formula is safe at both clamps, e.g. 1 / (1 + 2^t) is 1 at 2^-125 and 1e-38 at 2^126.
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+constexpr bool kHasExp2Clamped = true;
+#else
+constexpr bool kHasExp2Clamped = false;
+#endif
+
+#if defined(CPU_CAPABILITY_AVX512)
+inline Vectorized<float> exp2_clamped(const Vectorized<float>& x) {
+  using namespace exp2_poly;
+  __m512 t = _mm512_max_ps(_mm512_set1_ps(-125.0f), x);  // NaN x stays NaN (second operand)
+  t = _mm512_min_ps(_mm512_set1_ps(126.0f), t);
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(c6), f, _mm512_set1_ps(c5));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c4));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c3));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c2));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c1));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c0));
+  return _mm512_scalef_ps(p, n);
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+inline Vectorized<float> exp2_clamped(const Vectorized<float>& x) {
+  using namespace exp2_poly;
+  __m256 t = _mm256_max_ps(_mm256_set1_ps(-125.0f), x);  // NaN x stays NaN (second operand)
+  t = _mm256_min_ps(_mm256_set1_ps(126.0f), t);
+  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(t, n);
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(c6), f, _mm256_set1_ps(c5));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c4));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c3));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c2));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c1));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c0));
+  // 2^n built in the exponent bits (n in [-125, 126] keeps it a normal number).
+  const __m256i bits =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+#else
+// Not called: kHasExp2Clamped is false here.
+inline Vectorized<float> exp2_clamped(const Vectorized<float>& x) { return x; }
+#endif
+
 }  // namespace tskd_fast::cpu::CPU_CAPABILITY

@@ -24,6 +24,8 @@ namespace tskd_fast {
 
 template <typename T>
 struct ScalarGateOps {
+  // The policy gives sigmoid and tanh itself (true) or only the primitives below (false).
+  static constexpr bool kOwnActivations = false;
   // exp(x) for x <= 0 (or NaN).
   static TSKD_HD T exp_nonpositive(T x) { return math_exp(x); }
   // -|x|; NaN stays NaN.
@@ -38,6 +40,7 @@ struct ScalarGateOps {
 // no exponential overflows and the small side keeps its relative precision.
 template <class Ops, typename V>
 TSKD_HD V gate_sigmoid(V x) {
+  if constexpr (Ops::kOwnActivations) return Ops::sigmoid(x);
   const V e = Ops::exp_nonpositive(Ops::neg_abs(x));
   const V r = V(1) / (V(1) + e);
   return Ops::select_nonnegative(x, r, e * r);
@@ -46,6 +49,7 @@ TSKD_HD V gate_sigmoid(V x) {
 // tanh(x) = sign(x) (1 - e) / (1 + e) with e = exp(-2|x|).
 template <class Ops, typename V>
 TSKD_HD V gate_tanh(V x) {
+  if constexpr (Ops::kOwnActivations) return Ops::tanh(x);
   const V e = Ops::exp_nonpositive(V(2) * Ops::neg_abs(x));
   return Ops::with_sign_of((V(1) - e) / (V(1) + e), x);
 }
