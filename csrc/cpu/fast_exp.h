@@ -29,60 +29,10 @@ inline Vectorized<T> exp2_nonpositive(const Vectorized<T>& x) {
   return (x * Vectorized<T>(T(M_LN2))).exp_u20();
 }
 
-// Results below 2^-125 are returned as exact zeros: denormal results cost a microcode assist of
-// about a hundred cycles each, and the tail of every row (padded with -inf) would pay it.
+// 2^t for t in [-125, 126] (or NaN): a degree-6 polynomial of the fraction times 2^round(t).
 #if defined(CPU_CAPABILITY_AVX512)
-template <>
-inline Vectorized<float> exp2_nonpositive(const Vectorized<float>& x) {
+inline __m512 exp2_in_range(__m512 t) {
   using namespace exp2_poly;
-  const __m512 lowest = _mm512_set1_ps(-125.0f);
-  const __m512 t = _mm512_max_ps(lowest, x);  // a NaN x stays NaN (max returns its second operand)
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(t, n);
-  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(c6), f, _mm512_set1_ps(c5));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c4));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c3));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c2));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c1));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c0));
-  const __mmask16 keep = _mm512_cmp_ps_mask(x, lowest, _CMP_NLT_UQ);  // x >= -125 or NaN
-  return _mm512_maskz_scalef_ps(keep, p, n);                          // p * 2^n, else 0
-}
-#elif defined(CPU_CAPABILITY_AVX2)
-template <>
-inline Vectorized<float> exp2_nonpositive(const Vectorized<float>& x) {
-  using namespace exp2_poly;
-  const __m256 lowest = _mm256_set1_ps(-125.0f);
-  const __m256 t = _mm256_max_ps(lowest, x);  // a NaN x stays NaN (max returns its second operand)
-  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 f = _mm256_sub_ps(t, n);
-  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(c6), f, _mm256_set1_ps(c5));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c4));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c3));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c2));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c1));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c0));
-  // 2^n built in the exponent bits (n >= -125 keeps it a normal number).
-  const __m256i bits =
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  const __m256 r = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-  return _mm256_blendv_ps(r, _mm256_setzero_ps(), _mm256_cmp_ps(x, lowest, _CMP_LT_OQ));
-}
-#endif
-
-// 2^x for any float x, clamped to [2^-125, 2^126] (NaN stays NaN): for activations whose
-// formula is safe at both clamps, e.g. 1 / (1 + 2^t) is 1 at 2^-125 and 1e-38 at 2^126.
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-constexpr bool kHasExp2Clamped = true;
-#else
-constexpr bool kHasExp2Clamped = false;
-#endif
-
-#if defined(CPU_CAPABILITY_AVX512)
-inline Vectorized<float> exp2_clamped(const Vectorized<float>& x) {
-  using namespace exp2_poly;
-  __m512 t = _mm512_max_ps(_mm512_set1_ps(-125.0f), x);  // NaN x stays NaN (second operand)
-  t = _mm512_min_ps(_mm512_set1_ps(126.0f), t);
   const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(t, n);
   __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(c6), f, _mm512_set1_ps(c5));
@@ -94,10 +44,8 @@ inline Vectorized<float> exp2_clamped(const Vectorized<float>& x) {
   return _mm512_scalef_ps(p, n);
 }
 #elif defined(CPU_CAPABILITY_AVX2)
-inline Vectorized<float> exp2_clamped(const Vectorized<float>& x) {
+inline __m256 exp2_in_range(__m256 t) {
   using namespace exp2_poly;
-  __m256 t = _mm256_max_ps(_mm256_set1_ps(-125.0f), x);  // NaN x stays NaN (second operand)
-  t = _mm256_min_ps(_mm256_set1_ps(126.0f), t);
   const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 f = _mm256_sub_ps(t, n);
   __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(c6), f, _mm256_set1_ps(c5));
@@ -111,7 +59,43 @@ inline Vectorized<float> exp2_clamped(const Vectorized<float>& x) {
       _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
+#endif
+
+// Results below 2^-125 are returned as exact zeros: denormal results cost a microcode assist of
+// about a hundred cycles each, and the tail of every row (padded with -inf) would pay it. A NaN x
+// stays NaN (max returns its second operand).
+#if defined(CPU_CAPABILITY_AVX512)
+template <>
+inline Vectorized<float> exp2_nonpositive(const Vectorized<float>& x) {
+  const __m512 lowest = _mm512_set1_ps(-125.0f);
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, lowest, _CMP_NLT_UQ);  // x >= -125 or NaN
+  return _mm512_maskz_mov_ps(keep, exp2_in_range(_mm512_max_ps(lowest, x)));
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+template <>
+inline Vectorized<float> exp2_nonpositive(const Vectorized<float>& x) {
+  const __m256 lowest = _mm256_set1_ps(-125.0f);
+  const __m256 r = exp2_in_range(_mm256_max_ps(lowest, x));
+  return _mm256_blendv_ps(r, _mm256_setzero_ps(), _mm256_cmp_ps(x, lowest, _CMP_LT_OQ));
+}
+#endif
+
+// 2^x for any float x, clamped to [2^-125, 2^126] (NaN stays NaN): for activations whose
+// formula is safe at both clamps, e.g. 1 / (1 + 2^t) is 1 at 2^-125 and 1e-38 at 2^126.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr bool kHasExp2Clamped = true;
+inline Vectorized<float> exp2_clamped(const Vectorized<float>& x) {
+  const __m512 t = _mm512_max_ps(_mm512_set1_ps(-125.0f), x);
+  return exp2_in_range(_mm512_min_ps(_mm512_set1_ps(126.0f), t));
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+constexpr bool kHasExp2Clamped = true;
+inline Vectorized<float> exp2_clamped(const Vectorized<float>& x) {
+  const __m256 t = _mm256_max_ps(_mm256_set1_ps(-125.0f), x);
+  return exp2_in_range(_mm256_min_ps(_mm256_set1_ps(126.0f), t));
+}
 #else
+constexpr bool kHasExp2Clamped = false;
 // Not called: kHasExp2Clamped is false here.
 inline Vectorized<float> exp2_clamped(const Vectorized<float>& x) { return x; }
 #endif
