@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from tskd_fast.ops._eager import call_eager, eager_function
 from tskd_fast.ops.abf_fuse import empty_in_layout, kernel_channels_last, opmath_dtype
 from tskd_fast.ops.kd_loss import _incoming_is_grad_scale
 
@@ -58,29 +59,12 @@ def hcl_backward(ctx, grad_loss: torch.Tensor | None, grad_grad: torch.Tensor | 
     return (torch.mul(grad, factor, out=torch.empty_like(grad)), *rest)
 
 
-class _EagerHclLoss(torch.autograd.Function):
-    """The registered autograd formula applied directly (see tskd_fast.ops.kd_loss)."""
-
-    @staticmethod
-    def forward(ctx, op, *args):
-        with torch._C._AutoDispatchBelowAutograd():
-            out = op(*args)
-        hcl_setup_context(ctx, args, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_loss, grad_grad):
-        return (None, *hcl_backward(ctx, grad_loss, grad_grad))
+_EagerHclLoss = eager_function("_EagerHclLoss", hcl_setup_context, hcl_backward)
 
 
 def call_hcl_loss(op, *args) -> tuple[torch.Tensor, torch.Tensor]:
     """op(*args) for any backend's hcl_loss op, with the lighter autograd path when eager."""
-    if torch.compiler.is_compiling():
-        return op(*args)
-    if args[0].requires_grad and torch.is_grad_enabled():
-        return _EagerHclLoss.apply(op, *args)
-    with torch._C._AutoDispatchBelowAutograd():  # nothing to record: skip the autograd wrapper
-        return op(*args)
+    return call_eager(_EagerHclLoss, op, *args)
 
 
 def register_hcl_loss_op(op) -> None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from tskd_fast.ops._eager import call_eager, eager_function
+
 KA_MODES = {"none": 0, "ps": 1, "lsr": 2}
 
 OP_NAME = "tskd_fast::kd_loss"
@@ -107,34 +109,12 @@ def kd_loss_backward(ctx, grad_row_loss: torch.Tensor | None, grad_row_grad: tor
     return (grad_student, *rest)
 
 
-class _EagerKdLoss(torch.autograd.Function):
-    """The registered autograd formula (kd_loss_setup_context, kd_loss_backward) applied directly.
-
-    torch.library's generic autograd wrapper rebuilds the op's argument list from its schema on
-    every call, about 50 us: as long as the whole kernel at (128, 100). Eager calls take this
-    path; traced ones (torch.compile, export, opcheck) the registered autograd.
-    """
-
-    @staticmethod
-    def forward(ctx, op, *args):
-        with torch._C._AutoDispatchBelowAutograd():  # straight to the device kernel
-            out = op(*args)
-        kd_loss_setup_context(ctx, args, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_row_loss, grad_row_grad):
-        return (None, *kd_loss_backward(ctx, grad_row_loss, grad_row_grad))
+_EagerKdLoss = eager_function("_EagerKdLoss", kd_loss_setup_context, kd_loss_backward)
 
 
 def call_kd_loss(op, *args) -> tuple[torch.Tensor, torch.Tensor]:
     """op(*args) for any backend's kd_loss op, with the lighter autograd path when eager."""
-    if torch.compiler.is_compiling():
-        return op(*args)
-    if args[0].requires_grad and torch.is_grad_enabled():
-        return _EagerKdLoss.apply(op, *args)
-    with torch._C._AutoDispatchBelowAutograd():  # nothing to record: skip the autograd wrapper
-        return op(*args)
+    return call_eager(_EagerKdLoss, op, *args)
 
 
 def register_kd_loss_op(op) -> None:
