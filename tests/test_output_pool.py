@@ -119,22 +119,27 @@ def test_release_returns_every_cached_block():
     assert pool_bytes() == 0
 
 
-def _child_step(queue) -> None:
+def _child_step(queue, student, teacher, expected) -> None:
     torch.set_num_threads(1)  # GNU OpenMP's thread team does not survive a fork (as in DataLoader workers)
     inherited = pool_bytes()
-    student, teacher = torch.randn(300, 4000), torch.randn(300, 4000)
-    fused = kd_grad(student, teacher, "cpu")
-    expected = kd_grad(student, teacher, "reference")
-    queue.put((inherited, bool(torch.allclose(fused, expected, rtol=1e-5, atol=1e-8))))
+    # The op itself, not backward(): autograd's worker threads do not survive a fork either.
+    rows = student.shape[0]
+    temperature = torch.full((rows,), 3.0)
+    _, grad = torch.ops.tskd_fast.kd_loss(
+        student, teacher, None, temperature, 0, 0.9, True, 0.0, -100, True, 1.0 / rows
+    )
+    queue.put((inherited, bool(torch.allclose(grad, expected, rtol=1e-5, atol=1e-8))))
 
 
 def test_a_forked_child_starts_with_its_own_pool():
     grad = kd_grad(torch.randn(300, 4000), torch.randn(300, 4000), "cpu")
     del grad
     assert pool_bytes() > 0  # the parent's cached block
+    student, teacher = torch.randn(300, 4000), torch.randn(300, 4000)
+    expected = kd_grad(student, teacher, "reference")
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    child = ctx.Process(target=_child_step, args=(queue,))
+    child = ctx.Process(target=_child_step, args=(queue, student, teacher, expected))
     child.start()
     inherited, matches = queue.get(timeout=120)
     child.join(timeout=60)
