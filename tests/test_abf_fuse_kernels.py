@@ -22,8 +22,15 @@ CASES = [
     (1, 7, 5, 9, 5, 9),
     (2, 3, 6, 7, 4, 2),
     (1, 2, 46, 3, 14, 3),  # 14 -> 46: F.interpolate's float scale reads row 6 at row 23, not 7
+    # The CPU backward's tiles: exact 2x columns past one vector (19 = 16 + 3), one residual row
+    # read by more rows than a tile holds, a row wider than a tile, and a tile of 64 pixels
+    # (many channels) that splits a residual row's rows.
+    (1, 3, 4, 38, 2, 19),
+    (1, 2, 40, 40, 1, 20),
+    (1, 2, 3, 530, 2, 265),
+    (1, 600, 9, 50, 3, 25),
 ]
-SMALL_CASES = CASES[:2] + CASES[3:4]  # for the slow interpreted Triton runs and reduced dtypes
+SMALL_CASES = CASES[:2] + CASES[3:4] + CASES[7:8]  # for the slow interpreted Triton runs and reduced dtypes
 
 
 def dtypes_of(backend):
