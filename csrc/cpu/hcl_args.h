@@ -29,10 +29,11 @@ constexpr int64_t kHclChannelBlock = 16;
 constexpr int64_t kHclFlatChunk = 16384;
 
 // Lanes of one task: channels (channels_last), or NCHW planes: kHclChannelBlock of them for maps
-// of up to 16x16, whose per-window work is then shared across the planes, one for larger maps.
+// of up to 1024 elements (32x32), whose per-window work is then shared across the planes, one
+// for larger maps (their window work is small per element, and 16 planes would outgrow L2).
 inline int64_t hcl_task_lanes(const HclArgs& a) {
   if (a.channels_last) return std::min(a.c, kHclChannelBlock);
-  return a.h * a.w <= 256 ? kHclChannelBlock : 1;
+  return a.h * a.w <= 1024 ? kHclChannelBlock : 1;
 }
 
 // How many partial sums the kernel writes: one per task, a fixed partition (deterministic).

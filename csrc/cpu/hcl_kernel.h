@@ -1,9 +1,10 @@
 #pragma once
 
 // ReviewKD's hierarchical context loss of one stage pair on the CPU, every level in one pass
-// over the features (level math: tskd_fast/hcl_math.h). A task owns a few whole (n, c) planes
-// (NCHW) or one image's block of kHclChannelBlock channels (channels_last, the channels as vector
-// lanes). Both axes are split into classes at every window bound of every level (Axis below):
+// over the features (level math: tskd_fast/hcl_math.h). A task owns one or kHclChannelBlock
+// whole (n, c) planes (NCHW; several are transposed so that the planes become vector lanes) or one
+// image's block of kHclChannelBlock channels (channels_last, the channels as vector lanes). Both
+// axes are split into classes at every window bound of every level (Axis below):
 //   pass 1 reads fs and ft once, keeps d = fs - ft in a task buffer (L1/L2), sums d^2 and the
 //          column sums of each row class (one add per element);
 //   then the class-block sums, per level and window the pooled mean P_ij, its loss term and its
@@ -16,6 +17,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <vector>
@@ -66,15 +68,20 @@ struct Axis {
   int64_t classes() const { return static_cast<int64_t>(bound.size()) - 1; }
 };
 
+// The plane stride of a task's plane-major buffer of kHclChannelBlock planes: hw plus a pad, so
+// that the 16 rows of a transpose never sit a multiple of 4 KiB apart (they would share one L1
+// set: 32x32 maps were 1.4x slower than 28x28 ones per element before the pad).
+inline int64_t plane_stride(int64_t hw) { return hw + kHclChannelBlock; }
+
 // Per-task scratch, the interleaved parts with `stride` lanes (kHclChannelBlock, or 1 for NCHW
-// tasks of one plane): d in the input's layout, d with the planes interleaved (NCHW tasks of
-// several planes), the row-class column sums, the class-block sums and gradient coefficients,
-// and one expanded coefficient row.
+// tasks of one plane): d in the input's layout (NCHW planes plane_stride apart), d with the
+// planes interleaved (NCHW tasks of several planes), the row-class column sums, the class-block
+// sums and gradient coefficients, and one expanded coefficient row.
 template <typename T>
 struct Scratch {
   std::vector<T> d, interleaved, band, block, coef, row;
   Scratch(const HclArgs& a, const Axis& rows, const Axis& cols, int64_t stride)
-      : d(a.h * a.w * stride),
+      : d(plane_stride(a.h * a.w) * stride),
         interleaved(!a.channels_last && stride > 1 ? a.h * a.w * stride : 0),
         band(rows.classes() * a.w * stride),
         block(rows.classes() * cols.classes() * stride),
@@ -174,45 +181,92 @@ __attribute__((noinline)) T subtract(const scalar_t* fs, const scalar_t* ft, T* 
   return ssq;
 }
 
-// NCHW: a task owns `planes` consecutive (n, c) planes, each contiguous. Pass 1 runs over each
-// flat plane and, for several planes, also interleaves d across them (one scalar store per
-// element) for the shared reduction; pass 2 runs per plane with one expanded coefficient row per
-// row class. Small maps take kStride = kHclChannelBlock planes per task, large ones one.
-template <int64_t kStride, typename scalar_t, typename T>
-double planes_task(const HclArgs& a, const Axis& rows, const Axis& cols, const scalar_t* fs,
-                   const scalar_t* ft, scalar_t* grad, int64_t planes, Scratch<T>& s) {
-  const int64_t h = a.h, w = a.w, hw = h * w;
+// NCHW, one plane per task (large maps): pass 1 over the flat plane, the window work for the
+// plane alone, pass 2 with one expanded coefficient row per row class.
+template <typename scalar_t, typename T>
+double plane_task(const HclArgs& a, const Axis& rows, const Axis& cols, const scalar_t* fs,
+                  const scalar_t* ft, scalar_t* grad, Scratch<T>& s) {
+  const int64_t w = a.w, hw = a.h * w;
   const int64_t col_classes = cols.classes();
-  T ssq = 0;
-  for (int64_t p = 0; p < planes; ++p) {
-    T* d = s.d.data() + p * hw;
-    ssq += subtract(fs + p * hw, ft + p * hw, d, hw);
-    if constexpr (kStride > 1) {
-      T* dt = s.interleaved.data() + p;
-      for (int64_t k = 0; k < hw; ++k) dt[k * kStride] = d[k];
-    }
-  }
-  double total = static_cast<double>(ssq) / static_cast<double>(hw);
-  const T* dt = kStride > 1 ? s.interleaved.data() : s.d.data();
-  total += reduce_windows<kStride>(a, rows, cols, planes, dt, grad != nullptr, s);
+  T* d = s.d.data();
+  double total = static_cast<double>(subtract(fs, ft, d, hw)) / static_cast<double>(hw);
+  total += reduce_windows<1>(a, rows, cols, 1, d, grad != nullptr, s);
   if (grad == nullptr) return total;
   const T full = static_cast<T>(a.grad_factor) / static_cast<T>(hw);
   T* row = s.row.data();
-  for (int64_t p = 0; p < planes; ++p) {
-    const T* d = s.d.data() + p * hw;
-    scalar_t* gp = grad + p * hw;
-    for (int64_t q = 0; q < rows.classes(); ++q) {
-      const T* coef = s.coef.data() + q * col_classes * kStride + p;
-      for (int64_t p = 0; p < col_classes; ++p) {
-        std::fill(row + cols.bound[p], row + cols.bound[p + 1], coef[p * kStride]);
-      }
-      for (int64_t u = rows.bound[q]; u < rows.bound[q + 1]; ++u) {
-        const T* du = d + u * w;
-        scalar_t* gu = gp + u * w;
+  for (int64_t q = 0; q < rows.classes(); ++q) {
+    const T* coef = s.coef.data() + q * col_classes;
+    for (int64_t p = 0; p < col_classes; ++p) {
+      std::fill(row + cols.bound[p], row + cols.bound[p + 1], coef[p]);
+    }
+    for (int64_t u = rows.bound[q]; u < rows.bound[q + 1]; ++u) {
+      const T* du = d + u * w;
+      scalar_t* gu = grad + u * w;
 #pragma omp simd
-        for (int64_t v = 0; v < w; ++v) gu[v] = static_cast<scalar_t>(full * du[v] + row[v]);
+      for (int64_t v = 0; v < w; ++v) gu[v] = static_cast<scalar_t>(full * du[v] + row[v]);
+    }
+  }
+  return total;
+}
+
+// dst[k * kHclChannelBlock + r] = src[r * ld + k] for the kHclChannelBlock planes of src (k < hw),
+// and (kToPlanes) the inverse; vector transposes of 16 x 16 blocks, the last hw % 16 positions
+// scalar.
+template <bool kToPlanes, typename T>
+void transpose_planes(const T* src, T* dst, int64_t hw, int64_t ld) {
+  constexpr int64_t kLanes = kHclChannelBlock;
+  const int64_t full = hw - hw % kLanes;
+  for (int64_t k = 0; k < full; k += kLanes) {
+    if constexpr (kToPlanes) {
+      at::vec::transpose_mxn<T, kLanes, kLanes>(src + k * kLanes, kLanes, dst + k, ld);
+    } else {
+      at::vec::transpose_mxn<T, kLanes, kLanes>(src + k, ld, dst + k * kLanes, kLanes);
+    }
+  }
+  for (int64_t k = full; k < hw; ++k) {
+    for (int64_t r = 0; r < kLanes; ++r) {
+      if constexpr (kToPlanes) {
+        dst[r * ld + k] = src[k * kLanes + r];
+      } else {
+        dst[k * kLanes + r] = src[r * ld + k];
       }
     }
+  }
+}
+
+// NCHW, kHclChannelBlock consecutive planes per task (small maps), so that the window work runs
+// across the planes as vector lanes: pass 1 per flat plane, then d transposed to position-major
+// (the planes interleaved); the gradient is formed interleaved (one multiply-add per element
+// with its class block's coefficients) and transposed back. `block_of` maps each position to its
+// class block. Planes past `planes` (the last task) hold stale values that are never summed.
+template <typename scalar_t, typename T>
+double planes_task(const HclArgs& a, const Axis& rows, const Axis& cols, const int32_t* block_of,
+                   const scalar_t* fs, const scalar_t* ft, scalar_t* grad, int64_t planes,
+                   Scratch<T>& s) {
+  constexpr int64_t kLanes = kHclChannelBlock;
+  const int64_t hw = a.h * a.w, ld = plane_stride(hw);
+  T ssq = 0;
+  for (int64_t p = 0; p < planes; ++p) {
+    ssq += subtract(fs + p * hw, ft + p * hw, s.d.data() + p * ld, hw);
+  }
+  T* dt = s.interleaved.data();
+  transpose_planes<false>(s.d.data(), dt, hw, ld);
+  double total = static_cast<double>(ssq) / static_cast<double>(hw);
+  total += reduce_windows<kLanes>(a, rows, cols, planes, dt, grad != nullptr, s);
+  if (grad == nullptr) return total;
+  const T full = static_cast<T>(a.grad_factor) / static_cast<T>(hw);
+  for (int64_t k = 0; k < hw; ++k) {
+    const T* coef = s.coef.data() + block_of[k] * kLanes;
+    T* g = dt + k * kLanes;
+#pragma omp simd
+    for (int64_t c = 0; c < kLanes; ++c) g[c] = full * g[c] + coef[c];
+  }
+  transpose_planes<true>(dt, s.d.data(), hw, ld);
+  for (int64_t p = 0; p < planes; ++p) {
+    const T* gp = s.d.data() + p * ld;
+    scalar_t* out = grad + p * hw;
+#pragma omp simd
+    for (int64_t k = 0; k < hw; ++k) out[k] = static_cast<scalar_t>(gp[k]);
   }
   return total;
 }
@@ -276,6 +330,11 @@ void levels_kernel(const HclArgs& a) {
   const int64_t stride = a.channels_last || lanes > 1 ? kHclChannelBlock : 1;
   const int64_t tasks = hcl_partial_count(a);
   const int64_t grain = std::max<int64_t>(1, 16384 / (hw * lanes));
+  std::vector<int32_t> block_of(!a.channels_last && lanes > 1 ? hw : 0);
+  for (int64_t k = 0; k < static_cast<int64_t>(block_of.size()); ++k) {
+    block_of[k] =
+        static_cast<int32_t>(rows.class_of[k / a.w] * cols.classes() + cols.class_of[k % a.w]);
+  }
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     Scratch<T> scratch(a, rows, cols, stride);
     for (int64_t task = begin; task < end; ++task) {
@@ -293,11 +352,10 @@ void levels_kernel(const HclArgs& a) {
       const int64_t offset = p0 * hw;
       scalar_t* g = grad ? grad + offset : nullptr;
       if (lanes > 1) {
-        partial = planes_task<kHclChannelBlock, scalar_t, T>(a, rows, cols, fs + offset,
-                                                             ft + offset, g, planes, scratch);
+        partial = planes_task<scalar_t, T>(a, rows, cols, block_of.data(), fs + offset, ft + offset,
+                                           g, planes, scratch);
       } else {
-        partial =
-            planes_task<1, scalar_t, T>(a, rows, cols, fs + offset, ft + offset, g, 1, scratch);
+        partial = plane_task<scalar_t, T>(a, rows, cols, fs + offset, ft + offset, g, scratch);
       }
     }
   });
