@@ -88,7 +88,8 @@ std::tuple<at::Tensor, at::Tensor> abf_fuse_cpu(const at::Tensor& x_in, const at
   const Upsampling up(x, y, channels_last);
   at::Tensor out = empty_in_layout(x.sizes(), x.options(), channels_last);
   at::Tensor gates = at::empty({x.size(0), up.geometry.hw, 2}, weight.options());
-  AbfForwardArgs args{up.geometry};
+  AbfForwardArgs args{};
+  static_cast<AbfGeometry&>(args) = up.geometry;
   args.x = x.data_ptr();
   args.y = y.data_ptr();
   args.weight = weight.data_ptr();
@@ -115,7 +116,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> abf_fuse_backward_cpu
   at::Tensor dy = empty_in_layout(y.sizes(), y.options(), channels_last);
   at::Tensor dweight = at::empty({2, 2 * x.size(1)}, weight.options());
   at::Tensor dbias = at::empty({2}, weight.options());
-  AbfBackwardArgs args{up.geometry};
+  AbfBackwardArgs args{};
+  static_cast<AbfGeometry&>(args) = up.geometry;
   args.grad = grad.data_ptr();
   args.x = x.data_ptr();
   args.y = y.data_ptr();
