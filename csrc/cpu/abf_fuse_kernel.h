@@ -1,12 +1,14 @@
 #pragma once
 
-// ReviewKD's attention fusion on the CPU (per-pixel math: tskd_fast/abf_math.h). The residual is
-// read through a per-pixel source index, never upsampled into memory, and the concatenation
-// [x; y_up] exists only as the two channel sums of the 1x1 attention conv.
+// ReviewKD's attention fusion on the CPU (per-pixel math: tskd_fast/abf_math.h). The upsampled
+// residual never exists as a tensor (at most one channel of one tile at a time), and the
+// concatenation [x; y_up] exists only as the two channel sums of the 1x1 attention conv.
 //   NCHW: a task owns a tile of whole rows of one image; the channel sums are vectors over the
 //         tile (pass 1 over the channels), then the fused tile is written (pass 2; the x tile is
 //         still in L2). Each channel's residual is upsampled into a tile buffer first: a
-//         per-pixel gather is scalar loads on AVX2 and cost more than the arithmetic.
+//         per-pixel gather is scalar loads on AVX2 and cost more than the arithmetic. Each pass
+//         upsamples it again rather than keeping every channel's: that would be a second buffer
+//         the size of the x tile, for a widening that costs a few vector stores per row.
 //   NHWC (channels_last): a task owns pixels; each pixel's channels are contiguous, so the channel
 //         sums are vector reductions and the output a vector expression.
 // Backward: a task owns whole rows of the residual, i.e. every pixel of x that reads them, so the

@@ -74,9 +74,11 @@ struct Axis {
 inline int64_t plane_stride(int64_t hw) { return hw + kHclChannelBlock; }
 
 // Per-task scratch, the interleaved parts with `stride` lanes (kHclChannelBlock, or 1 for NCHW
-// tasks of one plane): d in the input's layout (NCHW planes plane_stride apart), d with the
-// planes interleaved (NCHW tasks of several planes), the row-class column sums, the class-block
-// sums and gradient coefficients, and one expanded coefficient row.
+// tasks of one plane): d in the input's layout (16-plane NCHW tasks: planes plane_stride apart;
+// one-plane tasks: two planes, the one whose gradient is written and the next, see plane_range),
+// d with the planes interleaved (16-plane NCHW tasks), the row-class column sums (two sets for
+// one-plane tasks), the class-block sums and gradient coefficients, and one expanded coefficient
+// row (not used by 16-plane tasks, which form the gradient interleaved).
 template <typename T>
 struct Scratch {
   std::vector<T> d, interleaved, band, block, coef, row;
@@ -86,7 +88,7 @@ struct Scratch {
         band(rows.classes() * a.w * (stride > 1 ? stride : 2)),
         block(rows.classes() * cols.classes() * stride),
         coef(rows.classes() * cols.classes() * stride),
-        row(a.w * stride) {}
+        row(a.channels_last || stride == 1 ? a.w * stride : 0) {}
 };
 
 // From the class-block sums of `lanes` planes (s.block, lanes interleaved): per level and window
@@ -434,9 +436,9 @@ void levels_kernel(const HclArgs& a) {
       }
       for (int64_t task = begin; task < end; ++task) {
         const int64_t p0 = task * lanes, planes = std::min(lanes, a.n * a.c - p0);
-        a.partials[task] = planes_task<scalar_t, T>(
-            a, rows, cols, block_of.data(), fs + p0 * a.h * a.w, ft + p0 * a.h * a.w,
-            grad ? grad + p0 * a.h * a.w : nullptr, planes, scratch);
+        a.partials[task] =
+            planes_task<scalar_t, T>(a, rows, cols, block_of.data(), fs + p0 * hw, ft + p0 * hw,
+                                     grad ? grad + p0 * hw : nullptr, planes, scratch);
       }
       return;
     }
