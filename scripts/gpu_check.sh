@@ -79,6 +79,14 @@ say "machine: $(cat "$OUT_DIR/probe.json" | tr -d '\n ' | cut -c1-400)"
 # --- 1. build -----------------------------------------------------------------------------------
 if [ "$DEVICE" = "cuda" ]; then
   JOBS="$(nproc)"
+  # The lent H200 machine puts a g++ wrapper first on PATH (/opt/gcc/bin/g++, which adds -B paths
+  # to another runtime); an extension built with it crashed (SIGSEGV) on every C++ exception,
+  # so each bad-input check killed the process instead of raising. The system compiler, the one
+  # nvcc uses as its host compiler, raises correctly. CC / CXX set by the caller win.
+  if [ -z "${CXX:-}" ] && [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ]; then
+    export CC=/usr/bin/gcc CXX=/usr/bin/g++
+    say "compiler: $CXX (set CC / CXX to choose another)"
+  fi
   if ! "$PY" -c "import ninja" > /dev/null 2>&1 && ! command -v ninja > /dev/null 2>&1; then
     say "ninja is missing: torch compiles the sources one after another (slower, MAX_JOBS unused)"
   fi
