@@ -204,7 +204,7 @@ def _bench_section(out_dir: Path, lines: list[str]) -> bool:
                 f"  {key[len('copy_gbps_') :]}: copy {value:.0f} GB/s (read + write), measured in this run"
             )
     lines.append(
-        f"  {'op':<8} {'shape':<14} {'dtype':<9} {'device':<6} {'backend':<8} {'ms':>9} {'GB/s':>8} "
+        f"  {'op':<14} {'shape':<18} {'dtype':<9} {'device':<6} {'backend':<8} {'ms':>9} {'GB/s':>8} "
         f"{'of copy':>8} {'vs eager':>9} {'vs compile':>10}"
     )
     rows = [row for row in bench.get("ops", []) if row.get("kind") == "fused"]
@@ -213,7 +213,7 @@ def _bench_section(out_dir: Path, lines: list[str]) -> bool:
         eager = f"{row['speedup_eager']:.2f}x" if row.get("speedup_eager") else ""
         compiled = f"{row['speedup_compile']:.2f}x" if row.get("speedup_compile") else ""
         lines.append(
-            f"  {row['op']:<8} {row['shape']:<14} {row['dtype']:<9} {row['device']:<6} {row['backend']:<8} "
+            f"  {row['op']:<14} {row['shape']:<18} {row['dtype']:<9} {row['device']:<6} {row['backend']:<8} "
             f"{row['median_ms']:>9.3f} {row['gbps']:>8.1f} {share:>8} {eager:>9} {compiled:>10}"
         )
     for step in bench.get("steps", []):
@@ -241,7 +241,7 @@ def summary(out_dir: Path) -> int:
     ok = True
     lines.append("phases:")
     for name, (status, seconds, detail) in phases.items():
-        lines.append(f"  {name:<8} {status:<8} {seconds:>5} s  {detail}")
+        lines.append(f"  {name:<12} {status:<8} {seconds:>5} s  {detail}")
         ok = ok and status in ("ok", "skipped")
     lines.append("tests:")
     if not probe_info.get("has_pytest", True):

@@ -159,3 +159,26 @@ def test_the_step_is_timed_in_the_last_epoch_or_last_review_epoch_after_the_hook
     steps.build_step("kd", torch.device("cpu"), batch=2)
     epochs = steps.method_config("kd")["solver"]["epochs"]
     assert started == [(e, epochs) for e in range(epochs)] and ended == list(range(epochs - 1))
+
+
+def test_the_reference_and_auto_steps_of_tst_draw_the_same_augmentations(monkeypatch):
+    from tskd_fast.nn.augment import LearnedAugmentation
+
+    monkeypatch.setattr(steps, "TEACHER", "resnet8")
+    monkeypatch.setattr(steps, "STUDENT", "resnet8")
+    drawn: list[tuple[int, ...]] = []
+    original = LearnedAugmentation.draw
+
+    def recording_draw(self, generator=None):
+        draw = original(self, generator)
+        drawn.append(draw.chosen)
+        return draw
+
+    monkeypatch.setattr(LearnedAugmentation, "draw", recording_draw)
+    fns = steps.build_step("tst", torch.device("cpu"), batch=2)
+    for name in ("reference", "reference", "auto", "reference", "auto", "auto"):
+        fns[name]()
+    reference_draws = [drawn[i] for i in (0, 1, 3)]
+    auto_draws = [drawn[i] for i in (2, 4, 5)]
+    assert reference_draws == auto_draws
+    assert len(set(reference_draws)) > 1  # the stream moves on from step to step

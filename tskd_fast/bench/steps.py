@@ -102,6 +102,25 @@ def with_backend(backend: str, fn: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
+def own_random_stream(module: torch.nn.Module, fn: Callable[[], None]) -> Callable[[], None]:
+    """fn run on a copy of its own of the generators the module's submodules draw from (TST's
+    augmentation picks its ops at random each step), so that two steps wrapped apart see the same
+    sequence of draws, however their calls interleave; without it the reference and the auto step
+    would time different ops."""
+    generators = [
+        m.generator for m in module.modules() if isinstance(getattr(m, "generator", None), torch.Generator)
+    ]
+    states = [g.get_state() for g in generators]
+
+    def run() -> None:
+        for generator, state in zip(generators, states):
+            generator.set_state(state)
+        fn()
+        states[:] = [g.get_state() for g in generators]
+
+    return run
+
+
 def build_step(method: str, device: torch.device, batch: int) -> dict[str, Callable[[], None]]:
     """The four timed callables of a method: "reference", "auto", "student", "teacher"."""
     from tskd_fast.engine.build import build_distiller
@@ -154,8 +173,8 @@ def build_step(method: str, device: torch.device, batch: int) -> dict[str, Calla
             distiller.teacher(images)
 
     return {
-        "reference": with_backend("reference", full_step),
-        "auto": with_backend("auto", full_step),
+        "reference": with_backend("reference", own_random_stream(distiller, full_step)),
+        "auto": with_backend("auto", own_random_stream(distiller, full_step)),
         "student": student_step,
         "teacher": teacher_forward,
     }
