@@ -201,7 +201,8 @@ def _bench_section(out_dir: Path, lines: list[str]) -> bool:
     for key, value in machine.items():
         if key.startswith("copy_gbps_") and not key.endswith("_runs"):
             lines.append(
-                f"  {key[len('copy_gbps_') :]}: copy {value:.0f} GB/s (read + write), measured in this run"
+                f"  {key[len('copy_gbps_') :]}: copy {value:.0f} GB/s (read + write), measured in this run; "
+                "'of copy' is over the copy timed in each case's own rounds"
             )
     lines.append(
         f"  {'op':<14} {'shape':<18} {'dtype':<9} {'device':<6} {'backend':<8} {'ms':>9} {'GB/s':>8} "

@@ -123,7 +123,10 @@ def test_minimal_bytes_model_counts_the_named_tensors(name, dtype):
 @pytest.mark.parametrize("name", list(SMALL))
 def test_one_alternating_run_of_each_family(name):
     family = FAMILIES[name]
-    rows, notes = run_case(family, SMALL[name], CPU, torch.float32, TINY_PLAN, 10.0, compile_baseline=False)
+    copy_bytes = 1 << 20
+    rows, notes = run_case(
+        family, SMALL[name], CPU, torch.float32, TINY_PLAN, copy_bytes, compile_baseline=False
+    )
     assert notes == []
     by_backend = {r.backend: r for r in rows}
     expected = {EAGER} | ({"cpu"} if _extension.has_cpu_kernels() else set())
@@ -135,7 +138,9 @@ def test_one_alternating_run_of_each_family(name):
         assert row.gbps == pytest.approx(
             family.minimal_bytes(SMALL[name], torch.float32) / row.median_ms / 1e6
         )
-        assert row.bw_share == pytest.approx(row.gbps / 10.0)
+        # The copy took its turn in the same rounds: one bandwidth for the whole case.
+        assert row.copy_gbps == eager.copy_gbps and row.copy_gbps > 0
+        assert row.bw_share == pytest.approx(row.gbps / row.copy_gbps)
         assert row.speedup_eager == pytest.approx(eager.median_ms / row.median_ms)
     assert eager.peak_mib > 0
 
@@ -146,7 +151,7 @@ def test_compile_baseline_and_extra_baselines_of_the_kd_loss():
     by_backend = {r.backend: r for r in rows}
     assert {EAGER, COMPILE, "eager DistillKL"} <= set(by_backend)
     assert by_backend[COMPILE].speedup_compile == pytest.approx(1.0)
-    assert by_backend[COMPILE].bw_share is None
+    assert by_backend[COMPILE].bw_share is None and by_backend[COMPILE].copy_gbps is None
 
 
 def test_an_implementation_that_fails_becomes_a_note(monkeypatch):

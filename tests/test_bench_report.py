@@ -15,7 +15,7 @@ from tskd_fast.bench.steps import StepResult
 
 def _row(backend, kind, median, eager, compile_, share=0.5, op="kd_loss", shape="4096x1000"):
     return Result(op, shape, "float32", "cpu", backend, kind, median, median * 0.9, median * 1.1, 10,
-                  eager / median, compile_ / median, 3.0, share, 12.5)  # fmt: skip
+                  eager / median, compile_ / median, 3.0, share, 12.5, 6.0)  # fmt: skip
 
 
 def _step():
@@ -28,7 +28,7 @@ def test_tables_show_medians_ranges_ratios_and_shares():
     table = report.op_table(rows).splitlines()
     assert len(table) == 4
     assert table[2] == (
-        "| kd_loss | 4096x1000 | float32 | cpu | cpu | 2.000 (1.800-2.200) | 10.00x | 4.00x | 3.0 | 50% | 12.5 |"
+        "| kd_loss | 4096x1000 | float32 | cpu | cpu | 2.000 (1.800-2.200) | 10.00x | 4.00x | 3.0 | 6.0 | 50% | 12.5 |"
     )
     steps = report.step_table([_step()]).splitlines()
     assert steps[2] == (

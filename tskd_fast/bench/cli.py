@@ -213,7 +213,7 @@ def _op_rows(
                     device,
                     DTYPES[dtype_name],
                     plan,
-                    None,
+                    buffer,
                     compile_baseline=not args.no_compile,
                     with_memory=not args.no_memory,
                 )
@@ -222,13 +222,12 @@ def _op_rows(
                 _say(
                     f"  {name} {shape.label} {dtype_name} {device.type}: {time.perf_counter() - start:.1f} s"
                 )
-    # Measured before and after the ops; the better of the two is what the machine can do.
+    # Measured before and after the ops; the better of the two is what the machine can do. Each
+    # row's share is over the copy timed in its own case's rounds (run_case).
     bandwidth.append(copy_bandwidth(device, buffer))
     best = max(b.gbps for b in bandwidth)
     machine[f"copy_gbps_{device.type}"] = round(best, 2)
     machine[f"copy_gbps_{device.type}_runs"] = [round(b.gbps, 2) for b in bandwidth]
-    for row in rows:
-        row.bw_share = row.gbps / best
     return rows, notes
 
 
@@ -309,7 +308,10 @@ def _print_results(machine: dict, rows: list[Result], step_rows: list[StepResult
     )
     print(f"Machine: {where}; {machine['date']}")
     if copies:
-        print(f"Copy bandwidth (read + write, measured in this run): {copies}")
+        print(
+            f"Copy bandwidth (read + write, best of one copy before and one after the ops): {copies}; "
+            "each op row's % copy BW is over the copy timed in its own case's rounds (copy GB/s)"
+        )
     if rows:
         print("\nFused ops, forward + backward (speed-up = baseline time / this time)\n")
         print(report.op_table(rows))

@@ -27,16 +27,17 @@ def op_table(rows: Sequence[Result]) -> str:
     """A markdown table of the op rows (also readable as plain text)."""
     head = (
         "| op | shape | dtype | device | backend | median ms (p20-p80) | vs eager | vs compile "
-        "| GB/s | % copy BW | peak MiB |"
+        "| GB/s | copy GB/s | % copy BW | peak MiB |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         share = "" if r.bw_share is None else f"{100 * r.bw_share:.0f}%"
+        copy = "" if r.copy_gbps is None else f"{r.copy_gbps:.1f}"
         peak = "" if r.peak_mib is None else f"{r.peak_mib:.1f}"
         lines.append(
             f"| {r.op} | {r.shape} | {r.dtype} | {r.device} | {r.backend} | "
             f"{_ms(r.median_ms)} ({_ms(r.p20_ms)}-{_ms(r.p80_ms)}) | {_ratio(r.speedup_eager)} | "
-            f"{_ratio(r.speedup_compile)} | {r.gbps:.1f} | {share} | {peak} |"
+            f"{_ratio(r.speedup_compile)} | {r.gbps:.1f} | {copy} | {share} | {peak} |"
         )
     return "\n".join(lines)
 

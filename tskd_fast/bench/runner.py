@@ -15,12 +15,14 @@ from tskd_fast.ops.backend import triton_available
 
 EAGER = "eager"
 COMPILE = "compile"
+COPY = "copy"
 
 
 @dataclass
 class Result:
     """One row of the op table. speedup_* = baseline median / this median (> 1: faster than it);
-    gbps on the family's minimal-bytes model; bw_share = gbps / the measured copy bandwidth."""
+    gbps on the family's minimal-bytes model; copy_gbps the copy bandwidth timed in the same
+    rounds as the case (see run_case), bw_share = gbps / copy_gbps."""
 
     op: str
     shape: str
@@ -37,6 +39,7 @@ class Result:
     gbps: float
     bw_share: float | None
     peak_mib: float | None
+    copy_gbps: float | None = None
 
 
 def fused_backends(device: torch.device) -> tuple[list[str], str]:
@@ -71,22 +74,37 @@ def run_case(
     device: torch.device,
     dtype: torch.dtype,
     plan: Plan,
-    copy_gbps: float | None,
+    copy_bytes: int | None,
     compile_baseline: bool = True,
     with_memory: bool = True,
 ) -> tuple[list[Result], list[str]]:
-    """Time every implementation of one case; returns the rows and one-line notes (failures)."""
+    """Time every implementation of one case; returns the rows and one-line notes (failures).
+
+    With copy_bytes, a dst.copy_(src) of a buffer that size takes its turn in every round beside
+    the implementations, and each row's bw_share is over that copy's bandwidth: on a shared
+    machine whose bandwidth drifts by a third from minute to minute, a copy timed minutes apart
+    from the op would make the share a measure of the drift."""
     dtype_name = str(dtype).removeprefix("torch.")
     where = f"{family.name} {shape.label} {dtype_name} {device.type}"
     inputs = family.make_inputs(shape, device, dtype)
     impls = implementations(family, device, dtype, compile_baseline)
     steps = {name: forward_backward(fn, inputs) for name, (_, fn) in impls.items()}
-    call_ms, failed = warm_up(steps, device, plan.warmup)
+    copy_fns = {}
+    if copy_bytes:
+        src = torch.rand(copy_bytes // 4, device=device)
+        dst = torch.empty_like(src)
+        copy_fns[COPY] = lambda: dst.copy_(src)
+    call_ms, failed = warm_up({**steps, **copy_fns}, device, plan.warmup)
     notes = [f"{where}: {name} failed: {why}" for name, why in failed.items()]
     steps = {name: step for name, step in steps.items() if name not in failed}
     if not steps:
         return [], notes
-    stats = measure(steps, device, plan, call_ms)
+    stats = measure(
+        {**steps, **{k: v for k, v in copy_fns.items() if k not in failed}}, device, plan, call_ms
+    )
+    copy_stats = stats.pop(COPY, None)
+    copy_gbps = 2 * (copy_bytes // 4) * 4 / (copy_stats.median * 1e-3) / 1e9 if copy_stats else None
+    del copy_fns
     peaks: dict[str, float | None] = {}
     for name in steps:
         peaks[name] = None
@@ -117,6 +135,7 @@ def run_case(
                 gbps=gbps,
                 bw_share=gbps / copy_gbps if copy_gbps else None,
                 peak_mib=peaks[name],
+                copy_gbps=copy_gbps,
             )
         )
     del inputs, steps, impls
