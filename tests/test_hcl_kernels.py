@@ -16,9 +16,10 @@ STAGES = {
     "cifar-like": [(2, 5, 8, 8), (2, 6, 4, 4), (2, 3, 2, 2), (2, 7, 1, 1)],
     "imagenet-like": [(2, 3, 14, 14), (2, 5, 7, 7), (2, 4, 1, 1)],
     "odd": [(1, 19, 9, 5), (2, 3, 6, 3), (1, 2, 11, 13)],
-    # The CPU kernel's two NCHW paths: maps of up to 784 elements take 16 planes per task (here
-    # 16 + 1 of them, and 16 + 16 + 1), larger ones one plane (pipelined over a thread's planes).
-    "cpu paths": [(1, 17, 28, 28), (3, 11, 5, 5), (1, 3, 36, 30), (2, 5, 32, 32)],
+    # The CPU kernel's NCHW paths: maps of up to 64 elements take 64 planes per task (here
+    # 64 + 1 of them, and 33 in one partial task), up to 784 elements 16 planes (16 + 1), larger
+    # ones one plane (pipelined over a thread's planes).
+    "cpu paths": [(1, 17, 28, 28), (3, 11, 5, 5), (1, 65, 8, 8), (1, 3, 36, 30), (2, 5, 32, 32)],
 }
 SMALL = [(2, 5, 7, 7), (2, 3, 4, 4), (1, 17, 3, 5)]
 # The Triton interpreter runs one program per plane at ~ms each: fewer planes.

@@ -24,17 +24,22 @@ struct HclArgs {
 };
 
 // Channels per task on the channels_last path (the vector lanes), the most planes per task on
-// the NCHW path, and elements per task when no level applies.
+// the NCHW path (kHclPlaneBlock for maps of up to 64 elements, kHclChannelBlock up to 784), and
+// elements per task when no level applies.
 constexpr int64_t kHclChannelBlock = 16;
+constexpr int64_t kHclPlaneBlock = 64;
 constexpr int64_t kHclFlatChunk = 16384;
 
-// Lanes of one task: channels (channels_last), or NCHW planes: kHclChannelBlock of them for maps
-// of up to 784 elements (28x28), whose per-window work is then shared across the planes, one for
-// larger maps (their window work is small per element; at 32x32 the one-plane path was already
-// 1.1-1.25x faster, at 28x28 the two were even).
+// Lanes of one task: channels (channels_last), or NCHW planes. A multi-plane task's window work
+// is the same however many planes share it, so small maps take many: 64 planes per task for maps
+// of up to 64 elements (8x8: 1.13x, 7x7: 1.2x faster than 16, measured alternately in one
+// process; 16 KiB buffers, within L1), 16 for maps of up to 784 (28x28; more planes overflowed
+// L1 there and were 7-12 % slower), one for larger maps (their window work is small per element;
+// at 32x32 the one-plane path was already 1.1-1.25x faster, at 28x28 the two were even).
 inline int64_t hcl_task_lanes(const HclArgs& a) {
   if (a.channels_last) return std::min(a.c, kHclChannelBlock);
-  return a.h * a.w <= 784 ? kHclChannelBlock : 1;
+  const int64_t hw = a.h * a.w;
+  return hw <= 64 ? kHclPlaneBlock : hw <= 784 ? kHclChannelBlock : 1;
 }
 
 // How many partial sums the kernel writes: one per task, a fixed partition (deterministic).

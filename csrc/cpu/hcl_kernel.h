@@ -1,10 +1,10 @@
 #pragma once
 
 // ReviewKD's hierarchical context loss of one stage pair on the CPU, every level in one pass
-// over the features (level math: tskd_fast/hcl_math.h). A task owns one or kHclChannelBlock
-// whole (n, c) planes (NCHW; several are transposed so that the planes become vector lanes) or one
-// image's block of kHclChannelBlock channels (channels_last, the channels as vector lanes). Both
-// axes are split into classes at every window bound of every level (Axis below):
+// over the features (level math: tskd_fast/hcl_math.h). A task owns one, 16 or 64 whole (n, c)
+// planes (NCHW, hcl_task_lanes; several are transposed so that the planes become vector lanes) or
+// one image's block of kHclChannelBlock channels (channels_last, the channels as vector lanes).
+// Both axes are split into classes at every window bound of every level (Axis below):
 //   pass 1 reads fs and ft once, keeps d = fs - ft in a task buffer (L1/L2), sums d^2 and the
 //          column sums of each row class (one add per element);
 //   then the class-block sums, per level and window the pooled mean P_ij, its loss term and its
@@ -20,6 +20,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/hcl_args.h"
@@ -68,17 +69,18 @@ struct Axis {
   int64_t classes() const { return static_cast<int64_t>(bound.size()) - 1; }
 };
 
-// The plane stride of a task's plane-major buffer of kHclChannelBlock planes: hw plus a pad, so
+// The plane stride of a multi-plane task's plane-major buffer: hw plus a pad, so
 // that the 16 rows of a transpose never sit a multiple of 4 KiB apart (they would share one L1
 // set: 1024-element planes were 1.4x slower per element than 784-element ones without the pad).
 inline int64_t plane_stride(int64_t hw) { return hw + kHclChannelBlock; }
 
-// Per-task scratch, the interleaved parts with `stride` lanes (kHclChannelBlock, or 1 for NCHW
-// tasks of one plane): d in the input's layout (16-plane NCHW tasks: planes plane_stride apart;
-// one-plane tasks: two planes, the one whose gradient is written and the next, see plane_range),
-// d with the planes interleaved (16-plane NCHW tasks), the row-class column sums (two sets for
-// one-plane tasks), the class-block sums and gradient coefficients, and one expanded coefficient
-// row (not used by 16-plane tasks, which form the gradient interleaved).
+// Per-task scratch, the interleaved parts with `stride` lanes (the task's lanes, hcl_task_lanes:
+// channels_last channels, or NCHW planes, 1 for one-plane tasks): d in the input's layout
+// (multi-plane NCHW tasks: planes plane_stride apart; one-plane tasks: two planes, the one whose
+// gradient is written and the next, see plane_range), d with the planes interleaved (multi-plane
+// NCHW tasks), the row-class column sums (two sets for one-plane tasks), the class-block sums and
+// gradient coefficients, and one expanded coefficient row (not used by multi-plane NCHW tasks,
+// which form the gradient interleaved).
 template <typename T>
 struct Scratch {
   std::vector<T> d, interleaved, band, block, coef, row;
@@ -91,6 +93,18 @@ struct Scratch {
         row(a.channels_last || stride == 1 ? a.w * stride : 0) {}
 };
 
+// dst[0, kN) = src[0, kN) by vector loads and stores. GCC turns a plain copy loop (and std::copy)
+// into a call of memmove, whose dispatch costs more than these copies of a few vectors.
+template <int64_t kN, typename T>
+inline void copy_lanes(const T* src, T* dst) {
+  using Vec = at::vec::Vectorized<T>;
+  if constexpr (kN % Vec::size() == 0) {
+    for (int64_t k = 0; k < kN; k += Vec::size()) Vec::loadu(src + k).store(dst + k);
+  } else {
+    for (int64_t k = 0; k < kN; ++k) dst[k] = src[k];
+  }
+}
+
 // From the class-block sums of `lanes` planes (s.block, lanes interleaved): per level and window
 // the pooled mean, its loss term, and (when `grad`) its gradient coefficient, scaled by the
 // gradient factor and added to every class block of the window (s.coef). Vectorised over the
@@ -102,7 +116,7 @@ double window_terms(const HclArgs& a, const Axis& rows, const Axis& cols, int64_
   const HclLevels& lv = a.levels;
   const T factor = static_cast<T>(a.grad_factor);
   if (grad) std::fill(s.coef.begin(), s.coef.end(), T(0));
-  T terms[kHclChannelBlock] = {};
+  T terms[kStride] = {};
   for (int k = 0; k < lv.count; ++k) {
     const T level_coef = static_cast<T>(lv.coef[k]);
     for (int64_t i = 0; i < lv.size[k]; ++i) {
@@ -110,9 +124,13 @@ double window_terms(const HclArgs& a, const Axis& rows, const Axis& cols, int64_
       for (int64_t j = 0; j < lv.size[k]; ++j) {
         const int64_t wc = cols.offset[k] + j;
         const T inv_count = static_cast<T>(rows.inverse_length[wr] * cols.inverse_length[wc]);
-        T sums[kHclChannelBlock] = {};
-        for (int64_t q = rows.first[wr]; q < rows.last[wr]; ++q) {
-          for (int64_t p = cols.first[wc]; p < cols.last[wc]; ++p) {
+        // Started from the window's first block: a zero-filled array became `rep stos`, whose
+        // start-up cost was a quarter of this function's time at 8x8.
+        const int64_t q0 = rows.first[wr], p0 = cols.first[wc];
+        T sums[kStride];
+        copy_lanes<kStride>(s.block.data() + (q0 * col_classes + p0) * kStride, sums);
+        for (int64_t q = q0; q < rows.last[wr]; ++q) {
+          for (int64_t p = q == q0 ? p0 + 1 : p0; p < cols.last[wc]; ++p) {
             const T* b = s.block.data() + (q * col_classes + p) * kStride;
 #pragma omp simd
             for (int64_t c = 0; c < kStride; ++c) sums[c] += b[c];
@@ -151,7 +169,7 @@ double reduce_bands(const HclArgs& a, const Axis& rows, const Axis& cols, int64_
     const T* band = bands + q * span;
     for (int64_t p = 0; p < col_classes; ++p) {
       T* out = s.block.data() + (q * col_classes + p) * kStride;
-      std::copy(band + cols.bound[p] * kStride, band + (cols.bound[p] + 1) * kStride, out);
+      copy_lanes<kStride>(band + cols.bound[p] * kStride, out);
       for (int64_t v = cols.bound[p] + 1; v < cols.bound[p + 1]; ++v) {
 #pragma omp simd
         for (int64_t c = 0; c < kStride; ++c) out[c] += band[v * kStride + c];
@@ -171,7 +189,7 @@ double reduce_windows(const HclArgs& a, const Axis& rows, const Axis& cols, int6
   for (int64_t q = 0; q < rows.classes(); ++q) {
     T* band = s.band.data() + q * span;
     const T* first = dt + rows.bound[q] * span;
-    std::copy(first, first + span, band);
+    for (int64_t v = 0; v < a.w; ++v) copy_lanes<kStride>(first + v * kStride, band + v * kStride);
     for (int64_t u = rows.bound[q] + 1; u < rows.bound[q + 1]; ++u) {
       const T* du = dt + u * span;
 #pragma omp simd
@@ -301,18 +319,22 @@ void plane_range(const HclArgs& a, const Axis& rows, const Axis& cols, const sca
   }
 }
 
-// dst[k * kHclChannelBlock + r] = src[r * ld + k] for the kHclChannelBlock planes of src (k < hw),
-// and (kToPlanes) the inverse; vector transposes of 16 x 16 blocks, the last hw % 16 positions
-// scalar.
-template <bool kToPlanes, typename T>
+// dst[k * kLanes + r] = src[r * ld + k] for the kLanes planes of src (k < hw), and (kToPlanes)
+// the inverse; vector transposes of 16 x 16 blocks, the last hw % 16 positions scalar.
+template <int64_t kLanes, bool kToPlanes, typename T>
 void transpose_planes(const T* src, T* dst, int64_t hw, int64_t ld) {
-  constexpr int64_t kLanes = kHclChannelBlock;
-  const int64_t full = hw - hw % kLanes;
-  for (int64_t k = 0; k < full; k += kLanes) {
-    if constexpr (kToPlanes) {
-      at::vec::transpose_mxn<T, kLanes, kLanes>(src + k * kLanes, kLanes, dst + k, ld);
-    } else {
-      at::vec::transpose_mxn<T, kLanes, kLanes>(src + k, ld, dst + k * kLanes, kLanes);
+  constexpr int64_t kTile = 16;
+  static_assert(kLanes % kTile == 0, "planes are transposed 16 at a time");
+  const int64_t full = hw - hw % kTile;
+  for (int64_t r0 = 0; r0 < kLanes; r0 += kTile) {
+    for (int64_t k = 0; k < full; k += kTile) {
+      if constexpr (kToPlanes) {
+        at::vec::transpose_mxn<T, kTile, kTile>(src + k * kLanes + r0, kLanes, dst + r0 * ld + k,
+                                                ld);
+      } else {
+        at::vec::transpose_mxn<T, kTile, kTile>(src + r0 * ld + k, ld, dst + k * kLanes + r0,
+                                                kLanes);
+      }
     }
   }
   for (int64_t k = full; k < hw; ++k) {
@@ -326,23 +348,24 @@ void transpose_planes(const T* src, T* dst, int64_t hw, int64_t ld) {
   }
 }
 
-// NCHW, kHclChannelBlock consecutive planes per task (small maps), so that the window work runs
-// across the planes as vector lanes: pass 1 per flat plane, then d transposed to position-major
-// (the planes interleaved); the gradient is formed interleaved (one multiply-add per element
-// with its class block's coefficients) and transposed back. `block_of` maps each position to its
-// class block. Planes past `planes` (the last task) hold stale values that are never summed.
-template <typename scalar_t, typename T>
+// NCHW, kLanes consecutive planes per task (small maps, hcl_task_lanes), so that the window work
+// runs across the planes as vector lanes: pass 1 per flat plane, then d transposed to
+// position-major (the planes interleaved); the gradient is formed interleaved (one multiply-add
+// per element with its class block's coefficients) and transposed back, straight into the
+// output when it has the compute type and the task all kLanes planes. `block_of` maps each
+// position to its class block. Planes past `planes` (the last task) hold stale values that are
+// never summed.
+template <int64_t kLanes, typename scalar_t, typename T>
 double planes_task(const HclArgs& a, const Axis& rows, const Axis& cols, const int32_t* block_of,
                    const scalar_t* fs, const scalar_t* ft, scalar_t* grad, int64_t planes,
                    Scratch<T>& s) {
-  constexpr int64_t kLanes = kHclChannelBlock;
   const int64_t hw = a.h * a.w, ld = plane_stride(hw);
   T ssq = 0;
   for (int64_t p = 0; p < planes; ++p) {
     ssq += subtract(fs + p * hw, ft + p * hw, s.d.data() + p * ld, hw);
   }
   T* dt = s.interleaved.data();
-  transpose_planes<false>(s.d.data(), dt, hw, ld);
+  transpose_planes<kLanes, false>(s.d.data(), dt, hw, ld);
   double total = static_cast<double>(ssq) / static_cast<double>(hw);
   total += reduce_windows<kLanes>(a, rows, cols, planes, dt, grad != nullptr, s);
   if (grad == nullptr) return total;
@@ -353,7 +376,13 @@ double planes_task(const HclArgs& a, const Axis& rows, const Axis& cols, const i
 #pragma omp simd
     for (int64_t c = 0; c < kLanes; ++c) g[c] = full * g[c] + coef[c];
   }
-  transpose_planes<true>(dt, s.d.data(), hw, ld);
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    if (planes == kLanes) {
+      transpose_planes<kLanes, true>(dt, grad, hw, hw);
+      return total;
+    }
+  }
+  transpose_planes<kLanes, true>(dt, s.d.data(), hw, ld);
   for (int64_t p = 0; p < planes; ++p) {
     const T* gp = s.d.data() + p * ld;
     scalar_t* out = grad + p * hw;
@@ -419,7 +448,7 @@ void levels_kernel(const HclArgs& a) {
   auto* grad = static_cast<scalar_t*>(a.grad);
   const int64_t hw = a.h * a.w;
   const int64_t lanes = hcl_task_lanes(a);
-  const int64_t stride = a.channels_last || lanes > 1 ? kHclChannelBlock : 1;
+  const int64_t stride = a.channels_last ? kHclChannelBlock : lanes;
   const int64_t tasks = hcl_partial_count(a);
   const int64_t grain = std::max<int64_t>(1, 16384 / (hw * lanes));
   std::vector<int32_t> block_of(!a.channels_last && lanes > 1 ? hw : 0);
@@ -436,9 +465,15 @@ void levels_kernel(const HclArgs& a) {
       }
       for (int64_t task = begin; task < end; ++task) {
         const int64_t p0 = task * lanes, planes = std::min(lanes, a.n * a.c - p0);
+        const scalar_t* fs_task = fs + p0 * hw;
+        const scalar_t* ft_task = ft + p0 * hw;
+        scalar_t* grad_task = grad ? grad + p0 * hw : nullptr;
         a.partials[task] =
-            planes_task<scalar_t, T>(a, rows, cols, block_of.data(), fs + p0 * hw, ft + p0 * hw,
-                                     grad ? grad + p0 * hw : nullptr, planes, scratch);
+            lanes == kHclPlaneBlock
+                ? planes_task<kHclPlaneBlock, scalar_t, T>(a, rows, cols, block_of.data(), fs_task,
+                                                           ft_task, grad_task, planes, scratch)
+                : planes_task<kHclChannelBlock, scalar_t, T>(
+                      a, rows, cols, block_of.data(), fs_task, ft_task, grad_task, planes, scratch);
       }
       return;
     }
