@@ -22,7 +22,7 @@ def time_alternating(
     fns: dict[str, Callable[[], object]], device: str = "cpu", warmup: int = 3, repeat: int = 20
 ) -> dict[str, dict[str, float]]:
     """{name: {"median", "p20", "p80"}} in ms per call, the fns called in turn within every round
-    (each round starting one further along), after `warmup` calls of each."""
+    (in an order drawn afresh each round), after `warmup` calls of each."""
     dev = torch.device(device)
     call_ms, failed = warm_up(fns, dev, warmup)
     if failed:

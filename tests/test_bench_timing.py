@@ -24,13 +24,23 @@ def test_percentiles_interpolate_between_samples():
     assert (stats.median, stats.p20, stats.p80, stats.samples, stats.inner) == (3.0, 1.8, 4.2, 5, 4)
 
 
-def test_implementations_alternate_and_rotate_each_round():
+def test_each_round_times_every_implementation_once_in_a_fresh_order():
     calls = []
     fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    plan = Plan(repeat=4, min_repeat=1, max_seconds=60.0, min_sample_ms=0.0)
+    plan = Plan(repeat=12, min_repeat=1, max_seconds=60.0, min_sample_ms=0.0)
     stats = measure(fns, CPU, plan, {name: 1.0 for name in fns})
-    assert calls == list("abcbcacababc")
-    assert all(s.samples == 4 and s.inner == 1 for s in stats.values())
+    rounds = [calls[i : i + 3] for i in range(0, len(calls), 3)]
+    assert len(rounds) == 12 and all(sorted(r) == list("abc") for r in rounds)
+    # No implementation always follows the same one.
+    before_a = {calls[i - 1] for i in range(1, len(calls)) if calls[i] == "a"}
+    assert before_a == {"b", "c"}
+    assert all(s.samples == 12 and s.inner == 1 for s in stats.values())
+    # Seeded: a second run draws the same orders.
+    again = []
+    measure(
+        {name: (lambda name=name: again.append(name)) for name in "abc"}, CPU, plan, {n: 1.0 for n in "abc"}
+    )
+    assert again == calls
 
 
 def test_fast_calls_are_batched_into_longer_samples():

@@ -1,8 +1,11 @@
 """Timing that holds on a noisy shared machine: implementations alternate round by round.
 
 Every implementation of a case is warmed up (compiled, caches filled) before any of them is
-timed, and then each round times each implementation once, starting one further along the list
-each round, so a slow period of the machine lands on all of them alike. Inductor's pool of
+timed, and then each round times each implementation once, in an order drawn afresh each round
+(seeded), so a slow period of the machine lands on all of them alike and no implementation
+always runs after the same one: what runs before a call (a copy that leaves the caches full of
+dirty lines, an eager baseline that maps and unmaps hundreds of MiB) changed a memory-bound
+call's time by up to 1.8x on the development machine. Inductor's pool of
 compile workers is held to one in-process thread so that nothing compiles beside timed code.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import sys
 import time
 from collections.abc import Callable
@@ -159,9 +163,9 @@ def measure(
         inner[name] = 1 if plan.cold else max(1, math.ceil(plan.min_sample_ms / estimate))
     samples: dict[str, list[float]] = {name: [] for name in names}
     began = time.perf_counter()
+    order = random.Random(0)
     for round_ in range(plan.repeat):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in order.sample(names, len(names)):
             if flush is not None:
                 flush()
                 timer.sync()
