@@ -7,6 +7,10 @@ sum) against ``backend="auto"`` (the fused op), as a markdown table of time and 
 The cases are the fusing ABFs of resnet32x4 -> resnet8x4 (mid 256) and of ImageNet R34 -> R18
 (mid 512). The implementations are timed alternately, call by call, so that a shared machine's
 load hits both alike. Target (issue 8): auto >= 1.3x faster than eager, with lower peak memory.
+
+A third row, "convs only", times the same module without its fusion (``fuse=False``: the two
+convolutions and batch norms, forward + backward, and the residual output): no fusion can make
+the module faster than that, so its speed-up over the reference is the bound on any fused one.
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ CASES = [
 ]
 
 
-def abf_step(abf: ABF, x: torch.Tensor, y: torch.Tensor, g_out: torch.Tensor, g_res: torch.Tensor):
+def abf_step(abf: ABF, x: torch.Tensor, y: torch.Tensor | None, g_out: torch.Tensor, g_res: torch.Tensor):
     """One forward + backward of ``abf`` (gradients into its parameters, x and y)."""
 
     def step() -> None:
         abf.zero_grad(set_to_none=True)
-        x.grad = y.grad = None
+        x.grad = None
+        if y is not None:
+            y.grad = None
         out, res = abf(x, y)
         torch.autograd.backward([out, res], [g_out, g_res])
 
@@ -83,11 +89,16 @@ def main() -> None:
         )
         g_out = torch.randn(batch, c_out, h, h, device=device).contiguous(memory_format=fmt)
         g_res = torch.randn(batch, mid, h, h, device=device).contiguous(memory_format=fmt)
-        steps = {"reference": abf_step(ref, x, y, g_out, g_res), "auto": abf_step(fused, x, y, g_out, g_res)}
+        convs = ABF(c_in, mid, c_out, False).to(device, memory_format=fmt)
+        steps = {
+            "reference": abf_step(ref, x, y, g_out, g_res),
+            "auto": abf_step(fused, x, y, g_out, g_res),
+            "convs only": abf_step(convs, x, None, g_out, g_res),
+        }
         times = time_alternating(steps, device, warmup=3, repeat=args.repeat)
         for backend, step in steps.items():
             # Free every gradient first so that the peak counts only what one step allocates.
-            for t in (ref, fused):
+            for t in (ref, fused, convs):
                 t.zero_grad(set_to_none=True)
             x.grad = y.grad = None
             peak = peak_memory_bytes(step, device) / 2**20

@@ -105,6 +105,27 @@ def test_loss_without_gradient_and_scaled_backward(backend):
     torch.testing.assert_close(z.grad, z_ref.grad)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_several_pairs_scaled_backward_and_a_student_without_gradient(backend):
+    # Eager calls take all pairs in one autograd node: each student needing a gradient gets its
+    # own, scaled by the incoming gradient; the others get none.
+    students, teachers = make([(1, 3, 8, 8), (2, 2, 5, 5), (1, 2, 9, 7)], device_of(backend))
+    needs = [True, False, True]
+
+    def grads_of(fn):
+        fs = [s.float().clone().requires_grad_(need) for s, need in zip(students, needs, strict=True)]
+        loss = fn(fs, [t.float() for t in teachers])
+        (2.5 * loss).backward()
+        return loss.detach(), [f.grad for f in fs]
+
+    loss, grads = grads_of(lambda s, t: F.hcl_loss(s, t, backend=backend))
+    ref_loss, ref_grads = grads_of(reference.hcl_loss)
+    torch.testing.assert_close(loss, ref_loss)
+    assert grads[1] is None and ref_grads[1] is None
+    for got, ref in ((grads[0], ref_grads[0]), (grads[2], ref_grads[2])):
+        torch.testing.assert_close(got, ref)
+
+
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "cpu"])
 def test_loss_is_deterministic(backend):
     students, teachers = make([(3, 40, 9, 9)], "cpu")

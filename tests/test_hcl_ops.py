@@ -47,6 +47,16 @@ def test_gradcheck_float64_cpu():
         assert torch.autograd.gradcheck(
             lambda z, t=ft: F.hcl_loss(z, t, backend="cpu"), (fs,), eps=1e-6, atol=1e-8, rtol=1e-5
         )
+    # Several pairs (one autograd node for all of them when eager).
+    (a, ta), (b, tb) = (
+        pair("cpu", torch.float64, (2, 3, 8, 8), False),
+        pair("cpu", torch.float64, (1, 2, 5, 7), False),
+    )
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x, y: F.hcl_loss([x, y], [ta, tb], backend="cpu"), (a, b), eps=1e-6, atol=1e-8, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])

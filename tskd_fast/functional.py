@@ -17,10 +17,10 @@ from tskd_fast.ops import (
     abf_fuse_ops,
     call_abf_fuse,
     call_convlstm_gates,
-    call_hcl_loss,
     call_kd_loss,
     convlstm_gates_ops,
     dtd_weight_op,
+    hcl_loss_of_pairs,
     hcl_loss_op,
     kd_loss_op,
     resolve_backend,
@@ -520,10 +520,5 @@ def hcl_loss(
     chosen = resolve_backend(backend, students[0].device)
     if chosen == "reference":
         return reference.hcl_loss(students, [ft.detach() for ft in teachers], levels)
-    op = hcl_loss_op(chosen)
-    total = None
-    for fs, ft in zip(students, teachers, strict=True):
-        compute_grad = fs.requires_grad and torch.is_grad_enabled()
-        loss, _ = call_hcl_loss(op, fs, ft.detach(), list(levels), compute_grad, 1.0)
-        total = loss if total is None else total + loss
+    total = hcl_loss_of_pairs(hcl_loss_op(chosen), students, [ft.detach() for ft in teachers], list(levels))
     return total.to(students[0].dtype)

