@@ -133,14 +133,33 @@ scalar_t* at_offset(void* p, int64_t offset) {
   return static_cast<scalar_t*>(p) + offset;
 }
 
-// Forward over columns [k0, k1) of one row.
+// The row loops below run in blocks of kPassBlock columns, two passes per block. In one pass
+// per element, each vector's work was a chain of three exponentials and divides, the cell
+// state, then a fourth and a fifth: about 120 cycles deep and 90 instructions long, so the
+// out-of-order window held fewer than three such chains and the kernel waited on latency (one
+// thread: 11 ms at 64x64x32x32, twice as fast with a second core, the memory far from busy).
+// Split at the cell state, each pass's chains are half as deep, and the activations the second
+// pass needs wait in a small buffer (L1).
+constexpr int64_t kPassBlock = 256;
+
+// pass(k, count) over [kb, ke) in steps of W columns (the last one may be short).
+template <int W, typename F>
+inline __attribute__((always_inline)) void over_steps(int64_t kb, int64_t ke, F&& pass) {
+  int64_t k = kb;
+  for (; k + W <= ke; k += W) pass(k, W);
+  if (k < ke) pass(k, static_cast<int>(ke - k));
+}
+
+// Forward over columns [k0, k1) of one row: per block, the input gates and c (kept in float for
+// the second pass, so that h sees c unrounded), then the output gate and h.
 template <typename scalar_t, bool kPeepholes>
 void forward_row(const ConvLstmGatesArgs& a, int64_t b, int64_t q, int64_t k0, int64_t k1) {
   using L = Lanes<scalar_t>;
   using T = typename L::opmath;
   using Vec = typename L::Vec;
   using Ops = VecGateOps<T>;
-  constexpr int W = L::kWidth, P = L::kParts;
+  constexpr int W = L::kWidth, P = L::kParts, VW = Vec::size();
+  static_assert(kPassBlock % W == 0, "a block is whole steps");
   const GateRow<scalar_t> r(a.gates, a.layout, b, q);
   const scalar_t* c_prev = at_offset<scalar_t>(a.c_prev, r.state);
   const scalar_t* w_ci = kPeepholes ? at_offset<scalar_t>(a.w_ci, r.weights) : nullptr;
@@ -148,34 +167,43 @@ void forward_row(const ConvLstmGatesArgs& a, int64_t b, int64_t q, int64_t k0, i
   const scalar_t* w_co = kPeepholes ? at_offset<scalar_t>(a.w_co, r.weights) : nullptr;
   scalar_t* h = at_offset<scalar_t>(a.h, r.state);
   scalar_t* c = at_offset<scalar_t>(a.c, r.state);
-  auto step = [&](int64_t k, int count) __attribute__((always_inline)) {
-    Vec ai[P], af[P], ag[P], ao[P], cp[P], wi[P], wf[P], wo[P], hv[P], cv[P];
+  alignas(64) T cell[kPassBlock];
+  int64_t kb = k0;
+  auto input_pass = [&](int64_t k, int count) __attribute__((always_inline)) {
+    Vec ai[P], af[P], ag[P], cp[P], wi[P], wf[P], cv[P];
     load_or_zero(r.gate[0] + k, ai, count);
     load_or_zero(r.gate[1] + k, af, count);
     load_or_zero(r.gate[2] + k, ag, count);
-    load_or_zero(r.gate[3] + k, ao, count);
     load_or_zero(c_prev + k, cp, count);
     if constexpr (kPeepholes) {
       load_or_zero(w_ci ? w_ci + k : nullptr, wi, count);
       load_or_zero(w_cf ? w_cf + k : nullptr, wf, count);
-      load_or_zero(w_co ? w_co + k : nullptr, wo, count);
     }
     for (int i = 0; i < P; ++i) {
-      const GateState<Vec> s =
-          convlstm_cell<Ops, kPeepholes>(ai[i], af[i], ag[i], ao[i], cp[i], wi[i], wf[i], wo[i]);
-      hv[i] = s.h;
-      cv[i] = s.c;
+      cv[i] = convlstm_input_gates<Ops, kPeepholes>(ai[i], af[i], ag[i], cp[i], wi[i], wf[i]).c;
+      cv[i].store(cell + (k - kb) + i * VW);
     }
-    store_lanes(h + k, hv, count);
     store_lanes(c + k, cv, count);
   };
-  int64_t k = k0;
-  for (; k + W <= k1; k += W) step(k, W);
-  if (k < k1) step(k, static_cast<int>(k1 - k));
+  auto output_pass = [&](int64_t k, int count) __attribute__((always_inline)) {
+    Vec ao[P], wo[P], hv[P];
+    load_or_zero(r.gate[3] + k, ao, count);
+    if constexpr (kPeepholes) load_or_zero(w_co ? w_co + k : nullptr, wo, count);
+    for (int i = 0; i < P; ++i) {
+      const Vec cv = Vec::loadu(cell + (k - kb) + i * VW);
+      hv[i] = convlstm_output_gate<Ops, kPeepholes>(ao[i], cv, wo[i]) * gate_tanh<Ops>(cv);
+    }
+    store_lanes(h + k, hv, count);
+  };
+  for (; kb < k1; kb += kPassBlock) {
+    const int64_t ke = std::min(k1, kb + kPassBlock);
+    over_steps<W>(kb, ke, input_pass);
+    over_steps<W>(kb, ke, output_pass);
+  }
 }
 
 // Backward over columns [k0, k1) of one row; with kSums, the peephole terms are added to
-// sums[0..2] (each indexed from k0).
+// sums[0..2] (each indexed from k0). Per block: the recomputed gates and c, then the gradients.
 template <typename scalar_t, bool kPeepholes, bool kSums>
 void backward_row(const ConvLstmGatesBackwardArgs& a, int64_t b, int64_t q, int64_t k0, int64_t k1,
                   typename Lanes<scalar_t>::opmath* const* sums) {
@@ -184,6 +212,7 @@ void backward_row(const ConvLstmGatesBackwardArgs& a, int64_t b, int64_t q, int6
   using Vec = typename L::Vec;
   using Ops = VecGateOps<T>;
   constexpr int W = L::kWidth, P = L::kParts, VW = Vec::size();
+  static_assert(kPassBlock % W == 0, "a block is whole steps");
   const GateRow<scalar_t> r(a.gates, a.layout, b, q);
   const scalar_t* c_prev = at_offset<scalar_t>(a.c_prev, r.state);
   const scalar_t* grad_h = at_offset<scalar_t>(a.grad_h, r.state);
@@ -195,13 +224,35 @@ void backward_row(const ConvLstmGatesBackwardArgs& a, int64_t b, int64_t q, int6
   scalar_t* dgate =
       static_cast<scalar_t*>(a.grad_gates) + b * l.gate_batch_stride + q * l.gate_row_stride;
   scalar_t* dc_prev = at_offset<scalar_t>(a.grad_c_prev, r.state);
-  auto step = [&](int64_t k, int count) __attribute__((always_inline)) {
-    Vec ai[P], af[P], ag[P], ao[P], cp[P], wi[P], wf[P], wo[P], dh[P], dc[P];
-    Vec gi[P], gf[P], gg[P], go[P], gc[P];
+  // The recomputed i, f, g, o and c of the block, in float.
+  alignas(64) T act[5][kPassBlock];
+  int64_t kb = k0;
+  auto gates_pass = [&](int64_t k, int count) __attribute__((always_inline)) {
+    Vec ai[P], af[P], ag[P], ao[P], cp[P], wi[P], wf[P], wo[P];
     load_or_zero(r.gate[0] + k, ai, count);
     load_or_zero(r.gate[1] + k, af, count);
     load_or_zero(r.gate[2] + k, ag, count);
     load_or_zero(r.gate[3] + k, ao, count);
+    load_or_zero(c_prev + k, cp, count);
+    if constexpr (kPeepholes) {
+      load_or_zero(w_ci ? w_ci + k : nullptr, wi, count);
+      load_or_zero(w_cf ? w_cf + k : nullptr, wf, count);
+      load_or_zero(w_co ? w_co + k : nullptr, wo, count);
+    }
+    for (int i = 0; i < P; ++i) {
+      const int64_t at = (k - kb) + i * VW;
+      const InputGates<Vec> s =
+          convlstm_input_gates<Ops, kPeepholes>(ai[i], af[i], ag[i], cp[i], wi[i], wf[i]);
+      s.i.store(act[0] + at);
+      s.f.store(act[1] + at);
+      s.g.store(act[2] + at);
+      convlstm_output_gate<Ops, kPeepholes>(ao[i], s.c, wo[i]).store(act[3] + at);
+      s.c.store(act[4] + at);
+    }
+  };
+  auto grads_pass = [&](int64_t k, int count) __attribute__((always_inline)) {
+    Vec cp[P], wi[P], wf[P], wo[P], dh[P], dc[P];
+    Vec gi[P], gf[P], gg[P], go[P], gc[P];
     load_or_zero(c_prev + k, cp, count);
     load_or_zero(grad_h ? grad_h + k : nullptr, dh, count);
     load_or_zero(grad_c ? grad_c + k : nullptr, dc, count);
@@ -211,22 +262,25 @@ void backward_row(const ConvLstmGatesBackwardArgs& a, int64_t b, int64_t q, int6
       load_or_zero(w_co ? w_co + k : nullptr, wo, count);
     }
     for (int i = 0; i < P; ++i) {
-      const GateGrads<Vec> g = convlstm_cell_backward<Ops, kPeepholes>(
-          ai[i], af[i], ag[i], ao[i], cp[i], wi[i], wf[i], wo[i], dh[i], dc[i]);
+      const int64_t at = (k - kb) + i * VW;
+      const InputGates<Vec> s{Vec::loadu(act[0] + at), Vec::loadu(act[1] + at),
+                              Vec::loadu(act[2] + at), Vec::loadu(act[4] + at)};
+      const GateGrads<Vec> g = convlstm_gate_grads<Ops, kPeepholes>(
+          s, Vec::loadu(act[3] + at), cp[i], wi[i], wf[i], wo[i], dh[i], dc[i]);
       gi[i] = g.a_i;
       gf[i] = g.a_f;
       gg[i] = g.a_g;
       go[i] = g.a_o;
       gc[i] = g.c_prev;
       if constexpr (kSums) {
-        const int64_t at = k - k0 + i * VW;
+        const int64_t sum_at = k - k0 + i * VW;
         const int valid = std::clamp(count - i * VW, 0, VW);
         const Vec terms[3] = {g.a_i * cp[i], g.a_f * cp[i], g.a_o * g.c};
         for (int j = 0; j < 3; ++j) {
           if (valid == VW) {
-            (Vec::loadu(sums[j] + at) + terms[j]).store(sums[j] + at);
+            (Vec::loadu(sums[j] + sum_at) + terms[j]).store(sums[j] + sum_at);
           } else if (valid > 0) {
-            (Vec::loadu(sums[j] + at, valid) + terms[j]).store(sums[j] + at, valid);
+            (Vec::loadu(sums[j] + sum_at, valid) + terms[j]).store(sums[j] + sum_at, valid);
           }
         }
       }
@@ -237,9 +291,11 @@ void backward_row(const ConvLstmGatesBackwardArgs& a, int64_t b, int64_t q, int6
     store_lanes(dgate + 3 * l.gate_block + k, go, count);
     store_lanes(dc_prev + k, gc, count);
   };
-  int64_t k = k0;
-  for (; k + W <= k1; k += W) step(k, W);
-  if (k < k1) step(k, static_cast<int>(k1 - k));
+  for (; kb < k1; kb += kPassBlock) {
+    const int64_t ke = std::min(k1, kb + kPassBlock);
+    over_steps<W>(kb, ke, gates_pass);
+    over_steps<W>(kb, ke, grads_pass);
+  }
 }
 
 // Calls f(q, k0, k1) for the row spans of tile `tile`.

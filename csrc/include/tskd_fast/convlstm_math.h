@@ -60,9 +60,18 @@ struct GateState {
   V c;
 };
 
-// One cell update. kPeepholes false leaves the w_* arguments unread (pass anything).
+// The input, forget and candidate gates and the new cell state of one cell update: the part that
+// does not need a_o. kPeepholes false leaves the w_* arguments unread (pass anything).
+template <typename V>
+struct InputGates {
+  V i;
+  V f;
+  V g;
+  V c;
+};
+
 template <class Ops, bool kPeepholes, typename V>
-TSKD_HD GateState<V> convlstm_cell(V a_i, V a_f, V a_g, V a_o, V c_prev, V w_ci, V w_cf, V w_co) {
+TSKD_HD InputGates<V> convlstm_input_gates(V a_i, V a_f, V a_g, V c_prev, V w_ci, V w_cf) {
   if constexpr (kPeepholes) {
     a_i = a_i + w_ci * c_prev;
     a_f = a_f + w_cf * c_prev;
@@ -70,10 +79,22 @@ TSKD_HD GateState<V> convlstm_cell(V a_i, V a_f, V a_g, V a_o, V c_prev, V w_ci,
   const V i = gate_sigmoid<Ops>(a_i);
   const V f = gate_sigmoid<Ops>(a_f);
   const V g = gate_tanh<Ops>(a_g);
-  const V c = f * c_prev + i * g;
+  return {i, f, g, f * c_prev + i * g};
+}
+
+// The output gate, which sees the new cell state c through its peephole.
+template <class Ops, bool kPeepholes, typename V>
+TSKD_HD V convlstm_output_gate(V a_o, V c, V w_co) {
   if constexpr (kPeepholes) a_o = a_o + w_co * c;
-  const V o = gate_sigmoid<Ops>(a_o);
-  return {o * gate_tanh<Ops>(c), c};
+  return gate_sigmoid<Ops>(a_o);
+}
+
+// One cell update. kPeepholes false leaves the w_* arguments unread (pass anything).
+template <class Ops, bool kPeepholes, typename V>
+TSKD_HD GateState<V> convlstm_cell(V a_i, V a_f, V a_g, V a_o, V c_prev, V w_ci, V w_cf, V w_co) {
+  const InputGates<V> s = convlstm_input_gates<Ops, kPeepholes>(a_i, a_f, a_g, c_prev, w_ci, w_cf);
+  const V o = convlstm_output_gate<Ops, kPeepholes>(a_o, s.c, w_co);
+  return {o * gate_tanh<Ops>(s.c), s.c};
 }
 
 template <typename V>
@@ -86,23 +107,14 @@ struct GateGrads {
   V c;  // the recomputed new cell state, which the gradient of w_co needs
 };
 
-// The gradients of one cell update from the incoming dh and dc_next (0 where a gradient is
-// absent). kPeepholes false leaves the w_* arguments unread.
+// The gradients of one cell update from its recomputed gates s and o and the incoming dh and
+// dc_next (0 where a gradient is absent). kPeepholes false leaves the w_* arguments unread.
 template <class Ops, bool kPeepholes, typename V>
-TSKD_HD GateGrads<V> convlstm_cell_backward(V a_i, V a_f, V a_g, V a_o, V c_prev, V w_ci, V w_cf,
-                                            V w_co, V dh, V dc_next) {
-  if constexpr (kPeepholes) {
-    a_i = a_i + w_ci * c_prev;
-    a_f = a_f + w_cf * c_prev;
-  }
+TSKD_HD GateGrads<V> convlstm_gate_grads(const InputGates<V>& s, V o, V c_prev, V w_ci, V w_cf,
+                                         V w_co, V dh, V dc_next) {
   const V one(1);
-  const V i = gate_sigmoid<Ops>(a_i);
-  const V f = gate_sigmoid<Ops>(a_f);
-  const V g = gate_tanh<Ops>(a_g);
-  const V c = f * c_prev + i * g;
-  if constexpr (kPeepholes) a_o = a_o + w_co * c;
-  const V o = gate_sigmoid<Ops>(a_o);
-  const V k = gate_tanh<Ops>(c);
+  const V i = s.i, f = s.f, g = s.g;
+  const V k = gate_tanh<Ops>(s.c);
   const V dh_o = dh * o;
   const V da_o = dh_o * k * (one - o);
   V dc = dc_next + dh_o * (one - k * k);
@@ -115,8 +127,18 @@ TSKD_HD GateGrads<V> convlstm_cell_backward(V a_i, V a_f, V a_g, V a_o, V c_prev
   out.a_o = da_o;
   out.c_prev = dc * f;
   if constexpr (kPeepholes) out.c_prev = out.c_prev + out.a_i * w_ci + out.a_f * w_cf;
-  out.c = c;
+  out.c = s.c;
   return out;
+}
+
+// The gradients of one cell update from the incoming dh and dc_next (0 where a gradient is
+// absent). kPeepholes false leaves the w_* arguments unread.
+template <class Ops, bool kPeepholes, typename V>
+TSKD_HD GateGrads<V> convlstm_cell_backward(V a_i, V a_f, V a_g, V a_o, V c_prev, V w_ci, V w_cf,
+                                            V w_co, V dh, V dc_next) {
+  const InputGates<V> s = convlstm_input_gates<Ops, kPeepholes>(a_i, a_f, a_g, c_prev, w_ci, w_cf);
+  const V o = convlstm_output_gate<Ops, kPeepholes>(a_o, s.c, w_co);
+  return convlstm_gate_grads<Ops, kPeepholes>(s, o, c_prev, w_ci, w_cf, w_co, dh, dc_next);
 }
 
 }  // namespace tskd_fast
