@@ -227,6 +227,14 @@ void backward_row(const ConvLstmGatesBackwardArgs& a, int64_t b, int64_t q, int6
   // The recomputed i, f, g, o and c of the block, in float.
   alignas(64) T act[5][kPassBlock];
   int64_t kb = k0;
+  auto load_peepholes = [&](int64_t k, int count, Vec* wi, Vec* wf, Vec* wo)
+                            __attribute__((always_inline)) {
+                              if constexpr (kPeepholes) {
+                                load_or_zero(w_ci ? w_ci + k : nullptr, wi, count);
+                                load_or_zero(w_cf ? w_cf + k : nullptr, wf, count);
+                                load_or_zero(w_co ? w_co + k : nullptr, wo, count);
+                              }
+                            };
   auto gates_pass = [&](int64_t k, int count) __attribute__((always_inline)) {
     Vec ai[P], af[P], ag[P], ao[P], cp[P], wi[P], wf[P], wo[P];
     load_or_zero(r.gate[0] + k, ai, count);
@@ -234,11 +242,7 @@ void backward_row(const ConvLstmGatesBackwardArgs& a, int64_t b, int64_t q, int6
     load_or_zero(r.gate[2] + k, ag, count);
     load_or_zero(r.gate[3] + k, ao, count);
     load_or_zero(c_prev + k, cp, count);
-    if constexpr (kPeepholes) {
-      load_or_zero(w_ci ? w_ci + k : nullptr, wi, count);
-      load_or_zero(w_cf ? w_cf + k : nullptr, wf, count);
-      load_or_zero(w_co ? w_co + k : nullptr, wo, count);
-    }
+    load_peepholes(k, count, wi, wf, wo);
     for (int i = 0; i < P; ++i) {
       const int64_t at = (k - kb) + i * VW;
       const InputGates<Vec> s =
@@ -256,11 +260,7 @@ void backward_row(const ConvLstmGatesBackwardArgs& a, int64_t b, int64_t q, int6
     load_or_zero(c_prev + k, cp, count);
     load_or_zero(grad_h ? grad_h + k : nullptr, dh, count);
     load_or_zero(grad_c ? grad_c + k : nullptr, dc, count);
-    if constexpr (kPeepholes) {
-      load_or_zero(w_ci ? w_ci + k : nullptr, wi, count);
-      load_or_zero(w_cf ? w_cf + k : nullptr, wf, count);
-      load_or_zero(w_co ? w_co + k : nullptr, wo, count);
-    }
+    load_peepholes(k, count, wi, wf, wo);
     for (int i = 0; i < P; ++i) {
       const int64_t at = (k - kb) + i * VW;
       const InputGates<Vec> s{Vec::loadu(act[0] + at), Vec::loadu(act[1] + at),
