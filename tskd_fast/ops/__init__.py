@@ -15,7 +15,7 @@ from tskd_fast.ops import _extension
 from tskd_fast.ops.abf_fuse import call_abf_fuse, register_abf_fuse_ops
 from tskd_fast.ops.backend import BACKENDS, resolve_backend, triton_available
 from tskd_fast.ops.convlstm_gates import call_convlstm_gates, register_convlstm_gates_ops
-from tskd_fast.ops.hcl import call_hcl_loss, hcl_loss_of_pairs, register_hcl_loss_op
+from tskd_fast.ops.hcl import hcl_loss_of_pairs, register_hcl_loss_op
 from tskd_fast.ops.kd_loss import KA_MODES, call_kd_loss, dtd_weight_fake, register_kd_loss_op
 
 __all__ = [
@@ -24,7 +24,6 @@ __all__ = [
     "abf_fuse_ops",
     "call_abf_fuse",
     "call_convlstm_gates",
-    "call_hcl_loss",
     "hcl_loss_of_pairs",
     "call_kd_loss",
     "convlstm_gates_ops",

@@ -35,11 +35,16 @@ def eager_function(name: str, setup_context: Callable, backward: Callable) -> ty
 
 def call_eager(function: type[torch.autograd.Function], op, *args):
     """op(*args) for any backend's op: through `function` when eager and args[0] needs a gradient,
-    straight to the kernel when nothing needs one, and the op itself (registered autograd) when
-    traced."""
+    else as call_without_node does."""
+    if not torch.compiler.is_compiling() and args[0].requires_grad and torch.is_grad_enabled():
+        return function.apply(op, *args)
+    return call_without_node(op, *args)
+
+
+def call_without_node(op, *args):
+    """op(*args) with no eager autograd node: the op itself (its registered autograd) when traced,
+    straight to the kernel when eager, for calls that have nothing to record."""
     if torch.compiler.is_compiling():
         return op(*args)
-    if args[0].requires_grad and torch.is_grad_enabled():
-        return function.apply(op, *args)
     with torch._C._AutoDispatchBelowAutograd():  # nothing to record: skip the autograd wrapper
         return op(*args)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from tskd_fast.ops._eager import call_eager, eager_function
+from tskd_fast.ops._eager import call_without_node
 from tskd_fast.ops.abf_fuse import empty_in_layout, kernel_channels_last, opmath_dtype
 from tskd_fast.ops.kd_loss import _incoming_is_grad_scale
 
@@ -64,14 +64,6 @@ def _scaled(grad: torch.Tensor, grad_loss: torch.Tensor, grad_scale: float) -> t
     return torch.mul(grad, factor, out=torch.empty_like(grad))
 
 
-_EagerHclLoss = eager_function("_EagerHclLoss", hcl_setup_context, hcl_backward)
-
-
-def call_hcl_loss(op, *args) -> tuple[torch.Tensor, torch.Tensor]:
-    """op(*args) for any backend's hcl_loss op, with the lighter autograd path when eager."""
-    return call_eager(_EagerHclLoss, op, *args)
-
-
 class _EagerHclPairs(torch.autograd.Function):
     """The summed loss of every stage pair as one autograd node: apply(op, levels, fs_0, ft_0,
     fs_1, ft_1, ...) calls op once per pair below autograd (gradients for the students that need
@@ -105,14 +97,15 @@ class _EagerHclPairs(torch.autograd.Function):
 
 def hcl_loss_of_pairs(op, students: list[torch.Tensor], teachers: list[torch.Tensor], levels: list[int]):
     """The sum over the stage pairs of op's loss (0-d, the kernels' compute dtype), with autograd
-    to the students: one node for all pairs when eager, the op per pair when traced."""
+    to the students: one node for all pairs when eager, the op per pair (its registered autograd)
+    when traced, the kernels alone when no gradient is wanted."""
     grad_enabled = torch.is_grad_enabled()
     if not torch.compiler.is_compiling() and grad_enabled and any(fs.requires_grad for fs in students):
         features = [t for pair in zip(students, teachers, strict=True) for t in pair]
         return _EagerHclPairs.apply(op, levels, *features)
     total = None
     for fs, ft in zip(students, teachers, strict=True):
-        loss, _ = call_hcl_loss(op, fs, ft, levels, fs.requires_grad and grad_enabled, 1.0)
+        loss, _ = call_without_node(op, fs, ft, levels, fs.requires_grad and grad_enabled, 1.0)
         total = loss if total is None else total + loss
     return total
 
