@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tskd_fast.bench.bandwidth import copy_step, gbps
 from tskd_fast.bench.cases import Family, Shape, forward_backward
 from tskd_fast.bench.memory import peak_memory_bytes
 from tskd_fast.bench.timing import Plan, measure, warm_up
@@ -89,11 +90,9 @@ def run_case(
     inputs = family.make_inputs(shape, device, dtype)
     impls = implementations(family, device, dtype, compile_baseline)
     steps = {name: forward_backward(fn, inputs) for name, (_, fn) in impls.items()}
-    copy_fns = {}
+    copy_fns, copy_moved = {}, 0
     if copy_bytes:
-        src = torch.rand(copy_bytes // 4, device=device)
-        dst = torch.empty_like(src)
-        copy_fns[COPY] = lambda: dst.copy_(src)
+        copy_fns[COPY], copy_moved = copy_step(device, copy_bytes)
     call_ms, failed = warm_up({**steps, **copy_fns}, device, plan.warmup)
     notes = [f"{where}: {name} failed: {why}" for name, why in failed.items()]
     steps = {name: step for name, step in steps.items() if name not in failed}
@@ -103,8 +102,8 @@ def run_case(
         {**steps, **{k: v for k, v in copy_fns.items() if k not in failed}}, device, plan, call_ms
     )
     copy_stats = stats.pop(COPY, None)
-    copy_gbps = 2 * (copy_bytes // 4) * 4 / (copy_stats.median * 1e-3) / 1e9 if copy_stats else None
-    del copy_fns
+    copy_gbps = gbps(copy_moved, copy_stats.median) if copy_stats else None
+    del copy_fns  # its buffers, before the peak-memory calls
     peaks: dict[str, float | None] = {}
     for name in steps:
         peaks[name] = None
@@ -117,7 +116,7 @@ def run_case(
     nbytes = family.minimal_bytes(shape, dtype)
     rows = []
     for name, s in stats.items():
-        gbps = nbytes / (s.median * 1e-3) / 1e9
+        op_gbps = gbps(nbytes, s.median)
         rows.append(
             Result(
                 op=family.name,
@@ -132,8 +131,8 @@ def run_case(
                 samples=s.samples,
                 speedup_eager=stats[EAGER].median / s.median if EAGER in stats else None,
                 speedup_compile=stats[COMPILE].median / s.median if COMPILE in stats else None,
-                gbps=gbps,
-                bw_share=gbps / copy_gbps if copy_gbps else None,
+                gbps=op_gbps,
+                bw_share=op_gbps / copy_gbps if copy_gbps else None,
                 peak_mib=peaks[name],
                 copy_gbps=copy_gbps,
             )
