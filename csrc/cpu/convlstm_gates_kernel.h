@@ -95,6 +95,17 @@ inline __attribute__((always_inline)) void load_or_zero(const scalar_t* p,
   }
 }
 
+// The peepholes w_ci, w_cf and w_co at column k of a row (a null one reads as zeros).
+template <typename scalar_t>
+inline __attribute__((always_inline)) void load_peepholes(
+    const scalar_t* w_ci, const scalar_t* w_cf, const scalar_t* w_co, int64_t k, int count,
+    typename Lanes<scalar_t>::Vec* wi, typename Lanes<scalar_t>::Vec* wf,
+    typename Lanes<scalar_t>::Vec* wo) {
+  load_or_zero(w_ci ? w_ci + k : nullptr, wi, count);
+  load_or_zero(w_cf ? w_cf + k : nullptr, wf, count);
+  load_or_zero(w_co ? w_co + k : nullptr, wo, count);
+}
+
 template <typename scalar_t>
 inline __attribute__((always_inline)) void store_lanes(scalar_t* p,
                                                        const typename Lanes<scalar_t>::Vec* in,
@@ -142,12 +153,22 @@ scalar_t* at_offset(void* p, int64_t offset) {
 // pass needs wait in a small buffer (L1).
 constexpr int64_t kPassBlock = 256;
 
-// pass(k, count) over [kb, ke) in steps of W columns (the last one may be short).
-template <int W, typename F>
-inline __attribute__((always_inline)) void over_steps(int64_t kb, int64_t ke, F&& pass) {
-  int64_t k = kb;
-  for (; k + W <= ke; k += W) pass(k, W);
-  if (k < ke) pass(k, static_cast<int>(ke - k));
+// Over [k0, k1) in blocks of kPassBlock columns: first(k, count, at) then second(k, count, at)
+// over each block, in steps of W columns (the last one may be short); at = k minus the block's
+// first column, the step's place in the passes' block buffers.
+template <int W, typename F1, typename F2>
+inline __attribute__((always_inline)) void in_two_passes(int64_t k0, int64_t k1, F1&& first,
+                                                         F2&& second) {
+  for (int64_t kb = k0; kb < k1; kb += kPassBlock) {
+    const int64_t ke = std::min(k1, kb + kPassBlock);
+    auto over_block = [&](auto&& pass) __attribute__((always_inline)) {
+      int64_t k = kb;
+      for (; k + W <= ke; k += W) pass(k, W, k - kb);
+      if (k < ke) pass(k, static_cast<int>(ke - k), k - kb);
+    };
+    over_block(first);
+    over_block(second);
+  }
 }
 
 // Forward over columns [k0, k1) of one row: per block, the input gates and c (kept in float for
@@ -168,8 +189,7 @@ void forward_row(const ConvLstmGatesArgs& a, int64_t b, int64_t q, int64_t k0, i
   scalar_t* h = at_offset<scalar_t>(a.h, r.state);
   scalar_t* c = at_offset<scalar_t>(a.c, r.state);
   alignas(64) T cell[kPassBlock];
-  int64_t kb = k0;
-  auto input_pass = [&](int64_t k, int count) __attribute__((always_inline)) {
+  auto input_pass = [&](int64_t k, int count, int64_t at) __attribute__((always_inline)) {
     Vec ai[P], af[P], ag[P], cp[P], wi[P], wf[P], cv[P];
     load_or_zero(r.gate[0] + k, ai, count);
     load_or_zero(r.gate[1] + k, af, count);
@@ -181,25 +201,21 @@ void forward_row(const ConvLstmGatesArgs& a, int64_t b, int64_t q, int64_t k0, i
     }
     for (int i = 0; i < P; ++i) {
       cv[i] = convlstm_input_gates<Ops, kPeepholes>(ai[i], af[i], ag[i], cp[i], wi[i], wf[i]).c;
-      cv[i].store(cell + (k - kb) + i * VW);
+      cv[i].store(cell + at + i * VW);
     }
     store_lanes(c + k, cv, count);
   };
-  auto output_pass = [&](int64_t k, int count) __attribute__((always_inline)) {
+  auto output_pass = [&](int64_t k, int count, int64_t at) __attribute__((always_inline)) {
     Vec ao[P], wo[P], hv[P];
     load_or_zero(r.gate[3] + k, ao, count);
     if constexpr (kPeepholes) load_or_zero(w_co ? w_co + k : nullptr, wo, count);
     for (int i = 0; i < P; ++i) {
-      const Vec cv = Vec::loadu(cell + (k - kb) + i * VW);
+      const Vec cv = Vec::loadu(cell + at + i * VW);
       hv[i] = convlstm_output_gate<Ops, kPeepholes>(ao[i], cv, wo[i]) * gate_tanh<Ops>(cv);
     }
     store_lanes(h + k, hv, count);
   };
-  for (; kb < k1; kb += kPassBlock) {
-    const int64_t ke = std::min(k1, kb + kPassBlock);
-    over_steps<W>(kb, ke, input_pass);
-    over_steps<W>(kb, ke, output_pass);
-  }
+  in_two_passes<W>(k0, k1, input_pass, output_pass);
 }
 
 // Backward over columns [k0, k1) of one row; with kSums, the peephole terms are added to
@@ -226,47 +242,38 @@ void backward_row(const ConvLstmGatesBackwardArgs& a, int64_t b, int64_t q, int6
   scalar_t* dc_prev = at_offset<scalar_t>(a.grad_c_prev, r.state);
   // The recomputed i, f, g, o and c of the block, in float.
   alignas(64) T act[5][kPassBlock];
-  int64_t kb = k0;
-  auto load_peepholes = [&](int64_t k, int count, Vec* wi, Vec* wf, Vec* wo)
-                            __attribute__((always_inline)) {
-                              if constexpr (kPeepholes) {
-                                load_or_zero(w_ci ? w_ci + k : nullptr, wi, count);
-                                load_or_zero(w_cf ? w_cf + k : nullptr, wf, count);
-                                load_or_zero(w_co ? w_co + k : nullptr, wo, count);
-                              }
-                            };
-  auto gates_pass = [&](int64_t k, int count) __attribute__((always_inline)) {
+  auto gates_pass = [&](int64_t k, int count, int64_t at) __attribute__((always_inline)) {
     Vec ai[P], af[P], ag[P], ao[P], cp[P], wi[P], wf[P], wo[P];
     load_or_zero(r.gate[0] + k, ai, count);
     load_or_zero(r.gate[1] + k, af, count);
     load_or_zero(r.gate[2] + k, ag, count);
     load_or_zero(r.gate[3] + k, ao, count);
     load_or_zero(c_prev + k, cp, count);
-    load_peepholes(k, count, wi, wf, wo);
+    if constexpr (kPeepholes) load_peepholes(w_ci, w_cf, w_co, k, count, wi, wf, wo);
     for (int i = 0; i < P; ++i) {
-      const int64_t at = (k - kb) + i * VW;
+      const int64_t slot = at + i * VW;
       const InputGates<Vec> s =
           convlstm_input_gates<Ops, kPeepholes>(ai[i], af[i], ag[i], cp[i], wi[i], wf[i]);
-      s.i.store(act[0] + at);
-      s.f.store(act[1] + at);
-      s.g.store(act[2] + at);
-      convlstm_output_gate<Ops, kPeepholes>(ao[i], s.c, wo[i]).store(act[3] + at);
-      s.c.store(act[4] + at);
+      s.i.store(act[0] + slot);
+      s.f.store(act[1] + slot);
+      s.g.store(act[2] + slot);
+      convlstm_output_gate<Ops, kPeepholes>(ao[i], s.c, wo[i]).store(act[3] + slot);
+      s.c.store(act[4] + slot);
     }
   };
-  auto grads_pass = [&](int64_t k, int count) __attribute__((always_inline)) {
+  auto grads_pass = [&](int64_t k, int count, int64_t at) __attribute__((always_inline)) {
     Vec cp[P], wi[P], wf[P], wo[P], dh[P], dc[P];
     Vec gi[P], gf[P], gg[P], go[P], gc[P];
     load_or_zero(c_prev + k, cp, count);
     load_or_zero(grad_h ? grad_h + k : nullptr, dh, count);
     load_or_zero(grad_c ? grad_c + k : nullptr, dc, count);
-    load_peepholes(k, count, wi, wf, wo);
+    if constexpr (kPeepholes) load_peepholes(w_ci, w_cf, w_co, k, count, wi, wf, wo);
     for (int i = 0; i < P; ++i) {
-      const int64_t at = (k - kb) + i * VW;
-      const InputGates<Vec> s{Vec::loadu(act[0] + at), Vec::loadu(act[1] + at),
-                              Vec::loadu(act[2] + at), Vec::loadu(act[4] + at)};
+      const int64_t slot = at + i * VW;
+      const InputGates<Vec> s{Vec::loadu(act[0] + slot), Vec::loadu(act[1] + slot),
+                              Vec::loadu(act[2] + slot), Vec::loadu(act[4] + slot)};
       const GateGrads<Vec> g = convlstm_gate_grads<Ops, kPeepholes>(
-          s, Vec::loadu(act[3] + at), cp[i], wi[i], wf[i], wo[i], dh[i], dc[i]);
+          s, Vec::loadu(act[3] + slot), cp[i], wi[i], wf[i], wo[i], dh[i], dc[i]);
       gi[i] = g.a_i;
       gf[i] = g.a_f;
       gg[i] = g.a_g;
@@ -291,11 +298,7 @@ void backward_row(const ConvLstmGatesBackwardArgs& a, int64_t b, int64_t q, int6
     store_lanes(dgate + 3 * l.gate_block + k, go, count);
     store_lanes(dc_prev + k, gc, count);
   };
-  for (; kb < k1; kb += kPassBlock) {
-    const int64_t ke = std::min(k1, kb + kPassBlock);
-    over_steps<W>(kb, ke, gates_pass);
-    over_steps<W>(kb, ke, grads_pass);
-  }
+  in_two_passes<W>(k0, k1, gates_pass, grads_pass);
 }
 
 // Calls f(q, k0, k1) for the row spans of tile `tile`.
