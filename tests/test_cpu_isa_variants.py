@@ -35,7 +35,8 @@ for dtype in (torch.float32, torch.bfloat16, torch.float64):
             w = F.dtd_weight(z, v, mode, 2.0, y, "ps", backend="cpu")
             w_ref = F.dtd_weight(z, v, mode, 2.0, y, "ps", backend="reference")
             torch.testing.assert_close(w, w_ref, rtol=2e-2 if dtype == torch.bfloat16 else 1e-4, atol=1e-5, equal_nan=True)
-# ReviewKD: every NCHW tile and interleaving path (2x, equal and odd ratios, 17 planes of 28x28).
+# ReviewKD: every NCHW tile and interleaving path (2x, equal and odd ratios; HCL tasks of 16
+# planes (17 of 28x28), of 64 (65 of 8x8: one full task, one partial) and of one plane).
 tol = dict(rtol=1e-4, atol=1e-4)
 for dtype in (torch.float32, torch.float64):
     for n, m, h, w, yh, yw in ((2, 3, 9, 38, 5, 19), (1, 4, 6, 7, 6, 7), (2, 5, 14, 14, 1, 1), (1, 3, 10, 11, 4, 3)):
@@ -46,7 +47,7 @@ for dtype in (torch.float32, torch.float64):
         got = torch.autograd.grad(F.abf_fuse(x, y, wt, b, backend="cpu"), (x, y), g)
         ref = torch.autograd.grad(F.abf_fuse(x, y, wt, b, backend="reference"), (x, y), g)
         torch.testing.assert_close(got, ref, **tol)
-    for shape in ((1, 17, 28, 28), (2, 9, 7, 7), (1, 3, 36, 30)):
+    for shape in ((1, 17, 28, 28), (2, 9, 7, 7), (1, 65, 8, 8), (1, 3, 36, 30)):
         s = torch.randn(shape, dtype=dtype, requires_grad=True)
         t = torch.randn(shape, dtype=dtype)
         got = torch.autograd.grad(F.hcl_loss(s, t, backend="cpu"), s)
