@@ -57,6 +57,16 @@ TORCH_LIBRARY(tskd_fast, m) {
   m.def(
       "hcl_loss(Tensor student, Tensor teacher, int[] levels, bool compute_grad, "
       "float grad_scale=1.) -> (Tensor loss, Tensor grad)");
+  // Fused linear + KD loss, the row op between the matmuls (contract:
+  // tskd_fast/fused_linear_kd_math.h): per-row loss (opmath) of student logits (R, V) against
+  // teacher logits (R, V) or a top-k teacher (ids (R, K) int64, logprobs (R, K) opmath); when
+  // compute_grad, grad_scale * d row_loss / d student is written over `student`. divergence:
+  // 0 forward_kl, 1 reverse_kl, 2 jsd, 3 skew_forward_kl, 4 skew_reverse_kl, 5 tvd.
+  m.def(
+      "fused_linear_kd_rows(Tensor(a!) student, Tensor? teacher, Tensor? topk_ids, "
+      "Tensor? topk_logprobs, Tensor? target, Tensor temperature, int divergence, float beta, "
+      "int ka, float lsr_p, bool scale_tau2, float ce_weight, int ignore_index, bool compute_grad, "
+      "float grad_scale=1.) -> Tensor row_loss");
   // The CPU kernels' pool of large output blocks (csrc/cpu/output_pool.h): the bytes it holds in
   // released blocks, and returning them all to the system (gives the bytes returned).
   m.def("output_pool_cached_bytes() -> int", &tskd_fast::cpu::output_pool_cached_bytes);
