@@ -27,7 +27,15 @@ from tskd_fast.ops import (
 )
 from tskd_fast.reference.dtd import temperatures_from_weights
 
-__all__ = ["abf_fuse", "convlstm_gates", "dtd_temperature", "dtd_weight", "hcl_loss", "kd_loss"]
+__all__ = [
+    "abf_fuse",
+    "convlstm_gates",
+    "dtd_temperature",
+    "dtd_weight",
+    "fused_linear_kd",
+    "hcl_loss",
+    "kd_loss",
+]
 
 REDUCTIONS = ("batchmean", "sum", "none")
 SCALES = ("tau2", "none")
@@ -522,3 +530,109 @@ def hcl_loss(
         return reference.hcl_loss(students, [ft.detach() for ft in teachers], levels)
     total = hcl_loss_of_pairs(hcl_loss_op(chosen), students, [ft.detach() for ft in teachers], list(levels))
     return total.to(students[0].dtype)
+
+
+def fused_linear_kd(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor | None = None,
+    teacher_weight: torch.Tensor | None = None,
+    target: torch.Tensor | None = None,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float | torch.Tensor | str = 2.0,
+    ka: str = "none",
+    ce_weight: float = 0.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    vocab_size: int | None = None,
+    chunk_size: int | None = None,
+    backend: str = "auto",
+    *,
+    student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
+    lsr_p: float = 0.9,
+    scale: str = "tau2",
+    dtd_mode: str = "flsw",
+    dtd_t0: float = 4.0,
+    dtd_beta: float = 1.0,
+    dtd_gamma: float = 2.0,
+    dtd_min_temperature: float = 0.1,
+) -> torch.Tensor:
+    """KD loss of a language model's next-token distributions, fused with both lm_head matmuls:
+    the (N, V) logits are never materialised (docs/methods.md, language-model distillation).
+
+    Per row n (a token position): t = teacher_hidden W_t^T + b_t and s = student_hidden W_s^T + b_s
+    over the first V = vocab_size columns; p = softmax(t / tau) after knowledge adjustment (the
+    target), q = softmax(s / tau); loss_n = S * D(p, q) + ce_weight * CE(s, y) with S = tau^2
+    (scale="tau2") or 1, and D:
+        forward_kl KL(p||q); reverse_kl KL(q||p); jsd beta KL(p||m) + (1-beta) KL(q||m) with
+        m = beta p + (1-beta) q, 0 < beta < 1; skew_forward_kl KL(p || beta p + (1-beta) q);
+        skew_reverse_kl KL(q || beta q + (1-beta) p), 0 <= beta < 1; tvd 1/2 sum |p - q|.
+    Rows are processed chunk_size at a time; the forward computes the student's gradients, so the
+    backward only scales them.
+
+    Args:
+        student_hidden: (N, H_s) or (..., H_s), float32, bfloat16, float16 (float64 on the CPU).
+        student_weight: (V_s, H_s) the student's lm_head weight, same dtype (under torch.autocast
+            both are cast to the autocast dtype, as F.linear would).
+        teacher_hidden, teacher_weight: (N, H_t) and (V_t, H_t), or None with teacher_topk; they
+            receive no gradient.
+        target: (N,) next-token labels, or None. Rows whose label is ignore_index are left out.
+        divergence, beta: as above.
+        temperature: a float, an (N,) tensor (no gradient), or "dtd": per-token DTD temperatures
+            tau_n = max(dtd_t0 + dtd_beta (mean(w) - w_n), dtd_min_temperature), w from dtd_mode
+            "flsw" ((1 - cos(s, t))^dtd_gamma) or "cwsm" (1 / (max softmax(s) + 1e-3)), the mean
+            over the rows not ignored, computed inside the op.
+        ka: "none", "ps" or "lsr" (lsr_p on the label), on rows whose teacher argmax is not the
+            label, as in kd_loss; not with teacher_topk.
+        ce_weight: weight of a hard-label cross-entropy on s at temperature 1 (needs target).
+        reduction: "mean" over the rows not ignored (0 when all are), "sum", or "none" (per row,
+            0 on ignored rows; its backward runs the chunks again).
+        vocab_size: the real vocabulary when the lm_heads are padded (later rows of the weights
+            are left out and get zero gradient); None: the weights must have equal rows.
+        chunk_size: rows per chunk; None chooses from N, V and the free memory.
+        backend: "auto", "cpu", "cuda", "triton" (the row kernel between the matmuls) or
+            "reference" (plain PyTorch on full logits).
+        student_bias, teacher_bias: (V_s,) and (V_t,) lm_head biases, optional.
+        teacher_topk: (ids (N, K) int, logprobs (N, K)): an offline teacher's top-k
+            log-probabilities at temperature 1. Its remaining mass is one tail bucket, compared
+            with the student's mass outside the ids (the student normalised over all V); the
+            temperature acts on the teacher as if that mass were spread evenly over the V - K
+            other ids.
+
+    Returns:
+        The loss in float32 (float64 for float64 inputs): a scalar, or (...) per row for
+        reduction="none". Gradients reach student_hidden, student_weight and student_bias.
+    """
+    from tskd_fast.ops.fused_linear_kd_call import call_fused_linear_kd
+
+    loss, _ = call_fused_linear_kd(
+        student_hidden,
+        student_weight,
+        teacher_hidden,
+        teacher_weight,
+        target,
+        divergence,
+        beta,
+        temperature,
+        ka,
+        ce_weight,
+        ignore_index,
+        reduction,
+        vocab_size,
+        chunk_size,
+        backend,
+        student_bias=student_bias,
+        teacher_bias=teacher_bias,
+        teacher_topk=teacher_topk,
+        lsr_p=lsr_p,
+        scale=scale,
+        dtd_mode=dtd_mode,
+        dtd_t0=dtd_t0,
+        dtd_beta=dtd_beta,
+        dtd_gamma=dtd_gamma,
+        dtd_min_temperature=dtd_min_temperature,
+    )
+    return loss

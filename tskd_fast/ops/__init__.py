@@ -15,6 +15,7 @@ from tskd_fast.ops import _extension
 from tskd_fast.ops.abf_fuse import call_abf_fuse, register_abf_fuse_ops
 from tskd_fast.ops.backend import BACKENDS, resolve_backend, triton_available
 from tskd_fast.ops.convlstm_gates import call_convlstm_gates, register_convlstm_gates_ops
+from tskd_fast.ops.fused_linear_kd import fused_linear_kd_op  # noqa: F401  (registers its ops)
 from tskd_fast.ops.hcl import hcl_loss_of_pairs, register_hcl_loss_op
 from tskd_fast.ops.kd_loss import KA_MODES, call_kd_loss, dtd_weight_fake, register_kd_loss_op
 

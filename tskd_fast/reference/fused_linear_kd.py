@@ -83,6 +83,10 @@ def topk_student_log_buckets(log_q: torch.Tensor, ids: torch.Tensor) -> torch.Te
     return torch.cat([listed, tail], dim=1)
 
 
+def _cut(bias: torch.Tensor | None, vocab: int) -> torch.Tensor | None:
+    return bias[:vocab] if bias is not None else None
+
+
 def _temperature_rows(
     temperature, rows: int, opmath: torch.dtype, device: torch.device, dtd_weights
 ) -> torch.Tensor:
@@ -120,8 +124,8 @@ def fused_linear_kd(
     dtd_min_temperature: float = 0.1,
     return_temperature: bool = False,
 ):
-    """Reference of tskd_fast.functional.fused_linear_kd (same arguments, no checks), computed
-    on full logits in float32 (float64 for float64 inputs).
+    """Reference of tskd_fast.functional.fused_linear_kd (same arguments, no checks), on full
+    logits: the matmuls in the inputs' dtype, the loss in float32 (float64 for float64 inputs).
 
     Rows whose label is ignore_index contribute nothing; reduction "mean" divides by the number
     of the other rows (at least 1), "sum" sums, "none" gives (N,) per-row losses (0 on ignored
@@ -131,17 +135,12 @@ def fused_linear_kd(
     opmath = _opmath(student_hidden.dtype)
     rows = student_hidden.shape[0]
     vocab = vocab_size if vocab_size is not None else student_weight.shape[0]
-    s = F.linear(student_hidden.to(opmath), student_weight.to(opmath), None)
-    if student_bias is not None:
-        s = s + student_bias.to(opmath)
-    s = s[:, :vocab]
+    # The matmuls in the inputs' dtype, as eager code runs them, then the loss in opmath.
+    s = F.linear(student_hidden, student_weight[:vocab], _cut(student_bias, vocab)).to(opmath)
     t = None
     if teacher_topk is None:
         with torch.no_grad():
-            t = F.linear(teacher_hidden.to(opmath), teacher_weight.to(opmath), None)
-            if teacher_bias is not None:
-                t = t + teacher_bias.to(opmath)
-            t = t[:, :vocab]
+            t = F.linear(teacher_hidden, teacher_weight[:vocab], _cut(teacher_bias, vocab)).to(opmath)
     if target is not None:
         kept = target != ignore_index
     else:
