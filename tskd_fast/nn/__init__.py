@@ -3,6 +3,7 @@
 from tskd_fast.nn.abf import ABF
 from tskd_fast.nn.augment import ALL_OPS, LearnedAugmentation
 from tskd_fast.nn.convlstm import ConvLSTM, ConvLSTMCell, permute_gate_blocks
+from tskd_fast.nn.fused_linear_kd import FusedLinearKDLoss
 from tskd_fast.nn.hcl import HCLLoss
 from tskd_fast.nn.kd_loss import DTDKDLoss, DTDTemperature, KDLoss
 from tskd_fast.nn.review import PRESETS, ReviewKDFusion, ReviewKDPreset
@@ -24,6 +25,7 @@ __all__ = [
     "DTDKDLoss",
     "DTDTemperature",
     "EncoderForecaster",
+    "FusedLinearKDLoss",
     "HCLLoss",
     "KDLoss",
     "LearnedAugmentation",
