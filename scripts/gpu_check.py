@@ -217,6 +217,25 @@ def _bench_section(out_dir: Path, lines: list[str]) -> bool:
             f"  {row['op']:<14} {row['shape']:<18} {row['dtype']:<9} {row['device']:<6} {row['backend']:<8} "
             f"{row['median_ms']:>9.3f} {row['gbps']:>8.1f} {share:>8} {eager:>9} {compiled:>10}"
         )
+    flop_rows = [row for row in bench.get("ops", []) if row.get("tflops")]
+    if flop_rows:
+        from tskd_fast.bench.report import bf16_peak_tflops
+
+        peak = bf16_peak_tflops(machine.get("gpu"))
+        lines.append("  matmul-bound ops (FLOP model of benchmarks/README.md), every implementation:")
+        for row in flop_rows:
+            share = (
+                f", {100 * row['tflops'] / peak:.0f}% of bf16 peak"
+                if peak and row["dtype"] == "bfloat16"
+                else ""
+            )
+            memory = (
+                f", incremental peak {row['peak_mib']:.0f} MiB" if row.get("peak_mib") is not None else ""
+            )
+            lines.append(
+                f"    {row['op']} {row['shape']} {row['dtype']} {row['backend']}: {row['median_ms']:.1f} ms, "
+                f"{row['tflops']:.1f} TFLOPS{share}{memory}"
+            )
     for step in bench.get("steps", []):
         lines.append(
             f"  step {step['method']:<9} {step['device']}: reference {step['reference_ms']:.1f} ms, "

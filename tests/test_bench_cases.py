@@ -21,6 +21,7 @@ SMALL = {
     "convlstm_gates": Shape("3x5x6x7", (3, 5, 6, 7)),
     "abf_fuse": Shape("2x5x6x6<-3x3", (2, 5, 6, 3)),
     "hcl": Shape("3 levels", ((2, 3, 9, 9), (2, 5, 4, 4), (2, 5, 1, 1))),
+    "fused_linear_kd": Shape("19x4x5x33 jsd", (19, 4, 5, 33, "jsd")),
 }
 TINY_PLAN = Plan(warmup=1, repeat=3, min_repeat=3, max_seconds=5.0)
 
@@ -108,6 +109,9 @@ def _model_bytes(name, inputs, fn):
         x, y = inputs.args[:2]
         (grad,) = inputs.grads
         return _nbytes(x, y, out) + _nbytes(grad, x, y, x.grad, y.grad)
+    if name == "fused_linear_kd":
+        xs, ws, xt, wt = inputs.args[:4]
+        return _nbytes(xs, ws, xt, wt, xs.grad, ws.grad)
     student, teacher = inputs.args
     return _nbytes(*student, *teacher, *(s.grad for s in student))
 

@@ -93,3 +93,37 @@ def test_non_svg_chart_needs_matplotlib(monkeypatch):
     report.check_plot_path("chart.svg")
     with pytest.raises(report.PlotUnavailable, match="needs matplotlib, which is not installed"):
         report.check_plot_path("chart.png")
+
+
+def test_targets_against_named_baselines_time_and_peak_memory():
+    """A target may name further baselines to be at least as fast as, and peak-memory shares."""
+    families = {
+        "kd_loss": dataclasses.replace(
+            FAMILIES["kd_loss"],
+            targets=(Target(1.0, None, shape="4096x1000", source="issue 18", faster_than=("liger",),
+                            peak_share=(("eager", 0.1), ("liger", 0.5))),),
+        )
+    }  # fmt: skip
+    fused = dataclasses.replace(_row("cpu", "fused", 2.0, 20.0, 8.0), peak_mib=10.0)
+    eager = dataclasses.replace(_row("eager", "baseline", 20.0, 20.0, 8.0), peak_mib=200.0)
+    liger = dataclasses.replace(_row("liger", "baseline", 3.0, 20.0, 8.0), peak_mib=15.0)
+    (line,) = report.target_lines([fused, eager, liger], families)
+    assert line == (
+        "kd_loss 4096x1000 cpu [issue 18]: missed: vs eager 10.00x (target 1x), vs liger 1.50x (target 1x), "
+        "peak vs eager 0.050x (target <= 0.1x), peak vs liger 0.667x (target <= 0.5x) MISSED"
+    )
+    (line,) = report.target_lines([fused, eager], families)
+    assert "vs liger not measured" in line and "peak vs liger not measured" in line
+
+
+def test_tflops_lines_name_the_share_of_the_bf16_peak():
+    row = dataclasses.replace(
+        _row("cuda", "fused", 2.0, 20.0, 8.0, op="fused_linear_kd"),
+        device="cuda",
+        dtype="bfloat16",
+        tflops=593.6,
+    )
+    assert report.tflops_lines([row, _row("eager", "baseline", 20.0, 20.0, 8.0)], "NVIDIA H200") == [
+        "fused_linear_kd 4096x1000 bfloat16 cuda cuda: 593.60 TFLOPS (60% of the 989.4 TFLOPS bf16 peak), "
+        "incremental peak 12 MiB"
+    ]

@@ -317,6 +317,10 @@ def _print_results(machine: dict, rows: list[Result], step_rows: list[StepResult
         print(report.op_table(rows))
         slower = report.slower_than_a_baseline(rows)
         print("\nFused path slower than a baseline: " + ("; ".join(slower) if slower else "nowhere"))
+        flop_rows = report.tflops_lines(rows, machine.get("gpu"))
+        if flop_rows:
+            print("\nMatmul-bound ops (each family's FLOP model, benchmarks/README.md):")
+            print("\n".join(f"  {line}" for line in flop_rows))
         targets = report.target_lines(rows, FAMILIES)
         if targets:
             print(

@@ -76,6 +76,40 @@ def slower_than_a_baseline(rows: Sequence[Result]) -> list[str]:
     return found
 
 
+def _case_row(rows: Sequence[Result], r: Result, backend: str) -> Result | None:
+    """The row of `backend` in the case of r (same op, shape, dtype and device)."""
+    for other in rows:
+        if (other.op, other.shape, other.dtype, other.device, other.backend) == (
+            r.op,
+            r.shape,
+            r.dtype,
+            r.device,
+            backend,
+        ):
+            return other
+    return None
+
+
+def _target_checks(rows: Sequence[Result], r: Result, t) -> list[tuple[str, float | None, float, str]]:
+    """(name, measured, wanted, unit) of each check of target t on the fused row r; measured is
+    None when not measured. Units: "x" at least, "%" at least, "peak" at most."""
+    checks = []
+    if t.vs_eager is not None:
+        checks.append(("vs eager", r.speedup_eager, t.vs_eager, "x"))
+    if t.vs_compile is not None:
+        checks.append(("vs compile", r.speedup_compile, t.vs_compile, "x"))
+    if t.bw_share is not None:
+        checks.append(("copy BW", r.bw_share, t.bw_share, "%"))
+    for name in t.faster_than:
+        base = _case_row(rows, r, name)
+        checks.append((f"vs {name}", base.median_ms / r.median_ms if base else None, 1.0, "x"))
+    for name, share in t.peak_share:
+        base = _case_row(rows, r, name)
+        got = r.peak_mib / base.peak_mib if base and base.peak_mib and r.peak_mib is not None else None
+        checks.append((f"peak vs {name}", got, share, "peak"))
+    return checks
+
+
 def target_lines(rows: Sequence[Result], families: Mapping[str, Family]) -> list[str]:
     """Each issue target against the fused CPU float32 rows it covers: met, or what is missing."""
     lines = []
@@ -85,27 +119,58 @@ def target_lines(rows: Sequence[Result], families: Mapping[str, Family]) -> list
         for t in families[r.op].targets:
             if t.shape is not None and t.shape != r.shape:
                 continue
-            checks = [
-                ("vs eager", r.speedup_eager, t.vs_eager, "x"),
-                ("vs compile", r.speedup_compile, t.vs_compile, "x"),
-            ]
-            if t.bw_share is not None:
-                checks.append(("copy BW", r.bw_share, t.bw_share, "%"))
             parts, missed = [], False
-            for name, got, want, unit in checks:
+            for name, got, want, unit in _target_checks(rows, r, t):
                 if got is None:
                     parts.append(f"{name} not measured")
                     continue
-                ok = got >= want
+                ok = got <= want if unit == "peak" else got >= want
                 missed |= not ok
-                shown = (
-                    f"{100 * got:.0f}% (target {100 * want:.0f}%)"
-                    if unit == "%"
-                    else f"{got:.2f}x (target {want:g}x)"
-                )
+                if unit == "%":
+                    shown = f"{100 * got:.0f}% (target {100 * want:.0f}%)"
+                elif unit == "peak":
+                    shown = f"{got:.3f}x (target <= {want:g}x)"
+                else:
+                    shown = f"{got:.2f}x (target {want:g}x)"
                 parts.append(f"{name} {shown}{'' if ok else ' MISSED'}")
             verdict = "missed" if missed else "met"
             lines.append(f"{r.op} {r.shape} {r.backend} [{t.source}]: {verdict}: " + ", ".join(parts))
+    return lines
+
+
+# Dense bfloat16 tensor-core peaks (TFLOPS) of the GPUs the bench names a share of peak for.
+BF16_PEAK_TFLOPS = {
+    "H200": 989.4,
+    "H100 SXM": 989.4,
+    "H100 80GB HBM3": 989.4,
+    "H100 PCIe": 756.0,
+    "A100": 312.0,
+}
+
+
+def bf16_peak_tflops(gpu_name: str | None) -> float | None:
+    """The GPU's dense bf16 peak from its name, None when unknown."""
+    for key, value in BF16_PEAK_TFLOPS.items():
+        if gpu_name and key in gpu_name:
+            return value
+    return None
+
+
+def tflops_lines(rows: Sequence[Result], gpu_name: str | None = None) -> list[str]:
+    """TFLOPS of the rows of matmul-bound ops (those with a FLOP model); on CUDA bf16 rows also as
+    a share of the GPU's bf16 peak."""
+    peak = bf16_peak_tflops(gpu_name)
+    lines = []
+    for r in rows:
+        if r.tflops is None:
+            continue
+        share = ""
+        if r.device == "cuda" and r.dtype == "bfloat16" and peak:
+            share = f" ({100 * r.tflops / peak:.0f}% of the {peak:g} TFLOPS bf16 peak)"
+        peak_mib = "" if r.peak_mib is None else f", incremental peak {r.peak_mib:.0f} MiB"
+        lines.append(
+            f"{r.op} {r.shape} {r.dtype} {r.device} {r.backend}: {r.tflops:.2f} TFLOPS{share}{peak_mib}"
+        )
     return lines
 
 

@@ -41,6 +41,7 @@ class Result:
     bw_share: float | None
     peak_mib: float | None
     copy_gbps: float | None = None
+    tflops: float | None = None
 
 
 def fused_backends(device: torch.device) -> tuple[list[str], str]:
@@ -60,7 +61,7 @@ def implementations(family: Family, device: torch.device, dtype: torch.dtype, co
     """name -> (kind, fn(*args)): the fused backends first, then the baselines."""
     impls = {backend: ("fused", family.fused(backend)) for backend in fused_backends(device)[0]}
     impls[EAGER] = ("baseline", family.reference)
-    if compile_baseline:
+    if compile_baseline and family.compile_reference:
         # A fresh Dynamo cache per case: no recompile limit is reached over many shapes and dtypes.
         torch._dynamo.reset()
         impls[COMPILE] = ("baseline", torch.compile(family.reference, dynamic=False))
@@ -135,6 +136,7 @@ def run_case(
                 bw_share=op_gbps / copy_gbps if copy_gbps else None,
                 peak_mib=peaks[name],
                 copy_gbps=copy_gbps,
+                tflops=family.flops(shape, dtype) / (s.median * 1e9) if family.flops else None,
             )
         )
     del inputs, steps, impls

@@ -59,15 +59,20 @@ OpFn = Callable[..., Any]
 
 @dataclass(frozen=True)
 class Target:
-    """A speed target set by the op's issue for its fused CPU kernel in float32: at least
-    ``vs_eager`` / ``vs_compile`` times faster than the baselines and (when set) ``bw_share`` of
-    the measured copy bandwidth, at the shape labelled ``shape`` (None: every shape)."""
+    """A target set by the op's issue for its fused CPU kernel in float32: at least ``vs_eager`` /
+    ``vs_compile`` times faster than the baselines (None: no target) and (when set) ``bw_share`` of
+    the measured copy bandwidth, at the shape labelled ``shape`` (None: every shape).
+    ``faster_than``: further baselines (extra_baselines names) it must be at least as fast as;
+    ``peak_share``: (baseline, share) pairs, its incremental peak memory at most share times the
+    baseline's."""
 
-    vs_eager: float
-    vs_compile: float
+    vs_eager: float | None
+    vs_compile: float | None
     bw_share: float | None = None
     shape: str | None = None
     source: str = ""
+    faster_than: tuple[str, ...] = ()
+    peak_share: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,10 @@ class Family:
     one forward + backward in the minimal-bytes model described by ``bytes_doc``.
     extra_baselines: device -> {name: fn} further comparisons (e.g. the DistillKL module, Liger).
     targets: the speed targets of the op's issue (checked by the CLI on the CPU rows).
+    compile_reference: whether torch.compile of the reference is a baseline (an op whose eager
+    reference holds tensors too large to compile usefully names its own compiled baseline among
+    extra_baselines instead). flops: (shape, dtype) -> floating-point operations of one forward +
+    backward, for ops bound by matmuls (their rows get TFLOPS).
     """
 
     name: str
@@ -97,6 +106,8 @@ class Family:
         default=lambda device, dtype: {}
     )
     targets: tuple[Target, ...] = ()
+    compile_reference: bool = True
+    flops: Callable[[Shape, torch.dtype], float] | None = None
 
     def available(self) -> bool:
         """Whether this build has the op (and its reference)."""
@@ -145,7 +156,7 @@ def forward_backward(fn: OpFn, inputs: Inputs, reset_grad: bool = True) -> Calla
     return run
 
 
-_MODULES = ("kd_loss", "dtd_ka", "convlstm_gates", "abf_fuse", "hcl")
+_MODULES = ("kd_loss", "dtd_ka", "convlstm_gates", "abf_fuse", "hcl", "fused_linear_kd")
 
 
 def _load() -> dict[str, Family]:
