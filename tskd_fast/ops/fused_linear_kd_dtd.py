@@ -32,25 +32,34 @@ DTD_MODES = {"flsw": 0, "cwsm": 1}
 GRAM_ROWS = 8192
 
 
+def _product(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """a^T b in `dtype`. float16/bfloat16 operands: on CUDA one matmul with float32 output (the
+    tensor cores, products exact, sums in float32); elsewhere GRAM_ROWS rows upcast at a time."""
+    if a.dtype == dtype and b.dtype == dtype:
+        return a.t() @ b
+    if a.device.type == "cuda" and a.dtype == b.dtype and dtype == torch.float32:
+        return torch.mm(a.t(), b, out_dtype=torch.float32)
+    out = torch.zeros(a.shape[1], b.shape[1], dtype=dtype, device=a.device)
+    for start in range(0, a.shape[0], GRAM_ROWS):
+        part = slice(start, start + GRAM_ROWS)
+        out.addmm_(a[part].t().to(dtype), b[part].to(dtype))
+    return out
+
+
 def gram(
     a: torch.Tensor, a_bias: torch.Tensor | None, b: torch.Tensor, b_bias: torch.Tensor | None, dtype
 ) -> torch.Tensor:
     """[A | a_bias]^T [B | b_bias], (H_a + 1, H_b + 1) in `dtype`, over the rows of A and B (the
     real vocabulary); a missing bias is a zero column."""
-    vocab, ha = a.shape
-    hb = b.shape[1]
+    ha, hb = a.shape[1], b.shape[1]
     out = torch.zeros(ha + 1, hb + 1, dtype=dtype, device=a.device)
-    step = vocab if a.dtype == dtype and b.dtype == dtype else GRAM_ROWS
-    for start in range(0, vocab, step):
-        part = slice(start, min(start + step, vocab))
-        ac, bc = a[part].to(dtype), b[part].to(dtype)
-        out[:ha, :hb].addmm_(ac.t(), bc)
-        if a_bias is not None:
-            out[ha, :hb].add_(torch.mv(bc.t(), a_bias[part].to(dtype)))
-        if b_bias is not None:
-            out[:ha, hb].add_(torch.mv(ac.t(), b_bias[part].to(dtype)))
-        if a_bias is not None and b_bias is not None:
-            out[ha, hb].add_(torch.dot(a_bias[part].to(dtype), b_bias[part].to(dtype)))
+    out[:ha, :hb] = _product(a, b, dtype)
+    if a_bias is not None:
+        out[ha, :hb] = _product(a_bias.unsqueeze(1), b, dtype).squeeze(0)
+    if b_bias is not None:
+        out[:ha, hb] = _product(a, b_bias.unsqueeze(1), dtype).squeeze(1)
+    if a_bias is not None and b_bias is not None:
+        out[ha, hb] = torch.dot(a_bias.to(dtype), b_bias.to(dtype))
     return out
 
 
