@@ -168,9 +168,8 @@ def tflops_lines(rows: Sequence[Result], gpu_name: str | None = None) -> list[st
         if r.device == "cuda" and r.dtype == "bfloat16" and peak:
             share = f" ({100 * r.tflops / peak:.0f}% of the {peak:g} TFLOPS bf16 peak)"
         peak_mib = "" if r.peak_mib is None else f", incremental peak {r.peak_mib:.0f} MiB"
-        lines.append(
-            f"{r.op} {r.shape} {r.dtype} {r.device} {r.backend}: {r.tflops:.2f} TFLOPS{share}{peak_mib}"
-        )
+        rate = f"{r.tflops:.2f} TFLOPS" if r.tflops >= 1 else f"{1000 * r.tflops:.1f} GFLOPS"
+        lines.append(f"{r.op} {r.shape} {r.dtype} {r.device} {r.backend}: {rate}{share}{peak_mib}")
     return lines
 
 

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 import torch
 
 # Chunk buffers (the student's and the teacher's logits of one chunk) at most this large when the
-# chunk size is chosen: on the CPU a few times the last-level cache keeps the per-chunk matmuls
-# efficient while the peak memory stays a small share of the full logits; on CUDA, large enough
-# that the matmuls fill the GPU, capped by the free memory.
-CPU_CHUNK_BYTES = 64 << 20
+# chunk size is chosen. Every chunk reads the lm_head weights again (W_s twice, W_t once, dW read
+# and written), so small chunks pay that traffic many times over: on the CPU the budget keeps it a
+# small share of the matmuls' time while the peak memory stays a small share of the full logits
+# (benchmarks/README.md has the measurement); on CUDA, large enough that the matmuls fill the
+# GPU, capped by the free memory.
+CPU_CHUNK_BYTES = 128 << 20
 CUDA_CHUNK_BYTES = 512 << 20
 CUDA_FREE_SHARE = 8  # at most 1/8 of the free memory
 
