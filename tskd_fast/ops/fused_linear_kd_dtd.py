@@ -28,8 +28,10 @@ from tskd_fast.ops.fused_linear_kd_chunks import Linear
 from tskd_fast.reference.dtd import CWSM_EPS, FLSW_NORM_EPS, temperatures_from_weights
 
 DTD_MODES = {"flsw": 0, "cwsm": 1}
-# Rows of the lm_head upcast at a time when a Gram matrix is formed from float16/bfloat16 weights.
+# Rows of the lm_head upcast at a time when a Gram matrix is formed from float16/bfloat16 weights
+# off CUDA, and the most intermediate values the quadratic forms of one part of the rows hold.
 GRAM_ROWS = 8192
+FORM_ELEMENTS = 1 << 24
 
 
 def _product(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -113,15 +115,21 @@ def flsw_weights(
     g_st = gram(ws, bs, wt, bt, dtype)
     g_ss = gram(ws, bs, ws, bs, dtype)
     g_tt = teacher_gram if teacher_gram is not None else gram(wt, bt, wt, bt, dtype)
-    rows = student.hidden.shape[0]
+    rows, hs = student.hidden.shape
+    ht = teacher.hidden.shape[1]
+    # One product of the student rows with [G_st | G_ss] gives both of their forms; rows in parts
+    # of at most FORM_ELEMENTS intermediate values (all of them at once for most batches).
+    g_s = torch.cat([g_st, g_ss], dim=1)
     dot = torch.empty(rows, dtype=dtype, device=student.hidden.device)
     zz, vv = torch.empty_like(dot), torch.empty_like(dot)
-    for start in range(0, rows, chunk_size):
-        part = slice(start, min(start + chunk_size, rows))
+    step = max(chunk_size, FORM_ELEMENTS // (hs + 2 * ht + 3))
+    for start in range(0, rows, step):
+        part = slice(start, min(start + step, rows))
         xs = _with_one(student.hidden[part].detach(), dtype)
         xt = _with_one(teacher.hidden[part].detach(), dtype)
-        dot[part] = ((xs @ g_st) * xt).sum(dim=1)
-        zz[part] = ((xs @ g_ss) * xs).sum(dim=1)
+        proj = xs @ g_s
+        dot[part] = (proj[:, : ht + 1] * xt).sum(dim=1)
+        zz[part] = (proj[:, ht + 1 :] * xs).sum(dim=1)
         vv[part] = ((xt @ g_tt) * xt).sum(dim=1)
     if swap is not None:
         swapped, dz, dv = swap
