@@ -185,8 +185,12 @@ def cwsm_weights(student: Linear, vocab: int, dtype: torch.dtype, chunk_size: in
     gap = torch.empty(rows, dtype=dtype, device=device)
     for start in range(0, rows, chunk_size):
         part = slice(start, min(start + chunk_size, rows))
-        z = student.logits(part, vocab, buf[: part.stop - part.start]).to(dtype)
-        gap[part] = torch.logsumexp(z, dim=1) - z.amax(dim=1)
+        z = student.logits(part, vocab, buf[: part.stop - part.start])
+        if z.dtype != dtype:
+            z = z.to(dtype)
+        # log sum exp(z - max z), in place in the chunk's buffer: three passes, no temporary.
+        top = z.amax(dim=1, keepdim=True)
+        gap[part] = z.sub_(top).exp_().sum(dim=1).log_()
     return 1.0 / (torch.exp(-gap) + CWSM_EPS)
 
 
