@@ -1,6 +1,6 @@
 """DTD temperatures of the fused linear + KD loss, computed without the N x V logits.
 
-DTD (docs/methods.md, dynamic temperature distillation) sets tau_n = max(t0 + beta (mean(w) -
+DTD (docs/methods.md §1.4; docs/fused-linear-kd.md §5.5.3) sets tau_n = max(t0 + beta (mean(w) -
 w_n), min_temperature), the mean over the rows not ignored, so every row's temperature depends on
 every other row: the weights must all be known before the first chunk's KD loss. How each weight
 is had:
