@@ -561,3 +561,75 @@ def test_bad_inputs_name_the_argument():
     for changes, message in cases:
         with pytest.raises(ValueError, match=message):
             bad_call(**changes)
+
+
+def test_cuda_path_reads_no_value_on_the_host():
+    """The driver, its DTD temperatures, the argument checks and the backward on (fake) CUDA
+    tensors: a fake tensor has no values, so any host read (a stream sync on a GPU) would raise.
+    Runs without a GPU."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from tskd_fast.ops.fused_linear_kd_checks import check_fused_linear_kd
+
+    class Ctx:
+        """What the driver's setup_context and backward use of an autograd context."""
+
+        needs_input_grad = (True, True, True)
+
+        def mark_non_differentiable(self, *tensors):
+            pass
+
+        def set_materialize_grads(self, value):
+            pass
+
+        def save_for_backward(self, *tensors):
+            self.saved_tensors = tensors
+
+    with FakeTensorMode():
+        d = "cuda"
+        xs, ws, bs = torch.randn(13, 6, device=d), torch.randn(40, 6, device=d), torch.randn(40, device=d)
+        xt, wt, bt = torch.randn(13, 9, device=d), torch.randn(42, 9, device=d), torch.randn(42, device=d)
+        y = torch.randint(0, 37, (13,), device=d)
+        tau = torch.full((13,), 2.0, device=d)
+        with pytest.raises(Exception, match="_local_scalar_dense"):
+            int((y != -100).sum())  # the control: a host read raises here
+        checked = check_fused_linear_kd(
+            xs,
+            ws,
+            xt,
+            wt,
+            y,
+            "jsd",
+            0.5,
+            tau,
+            "ps",
+            0.5,
+            -100,
+            "mean",
+            37,
+            4,
+            bs,
+            bt,
+            None,
+            0.9,
+            "tau2",
+            "flsw",
+            2.0,
+            1.0,
+            2.0,
+            0.1,
+        )
+        assert checked.vocab == 37
+        for dtd_mode, ka in ((-1, 1), (0, 1), (1, 0)):
+            args = (xs, ws, bs, xt, wt, bt, None, None, y, tau, None, 2, 0.5, ka, 0.9, True, 0.5, -100)
+            flags = (37, 4, dtd_mode, 2.0, 1.0, 2.0, 0.1, True, True, True, "cuda")
+            loss, used, dh, dw, db = ops_flkd.fused_linear_kd_op._init_fn(*args, 0, *flags)
+            ctx = Ctx()
+            ops_flkd._setup_context(ctx, (*args, 0, *flags), (loss, used, dh, dw, db))
+            grads = ops_flkd._backward(ctx, torch.ones((), device=d), None, None, None, None)
+            assert [tuple(g.shape) for g in grads[:3]] == [(13, 6), (40, 6), (40,)]
+            rows, used, *_ = ops_flkd.fused_linear_kd_op._init_fn(*args, 2, *flags)
+            dh, dw, db = ops_flkd.fused_linear_kd_backward_op._init_fn(
+                torch.ones(13, device=d), used, *args, 2, *flags, True, True, True
+            )
+            assert rows.shape == (13,) and dw.dtype == ws.dtype and db.shape == (40,)
