@@ -480,6 +480,9 @@ def test_module_takes_modules_or_weights_and_shifts_labels():
     )
     with pytest.raises(ValueError, match="student_lm_head must be an nn.Module"):
         loss_fn(hs, "head", ht, teacher_head, labels)
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(hs, student_head, ht, teacher_head, labels), loss)
+    assert loss_fn.last_temperature.shape == (2, 4)
 
 
 def bad_call(**changes):

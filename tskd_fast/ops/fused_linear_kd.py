@@ -112,10 +112,13 @@ def _warn_no_rows(device_type: str, why: str) -> None:
     )
 
 
+@torch.compiler.assume_constant_result
 def rows_backend(chosen: str, forced: bool, device: torch.device) -> str:
     """The row op backend for `chosen` (from resolve_backend): "cpu", "cuda" or "triton" when its
     row kernel exists; a forced backend without one raises ValueError, auto falls back (CUDA
-    kernel -> Triton -> the reference, which is returned as "reference")."""
+    kernel -> Triton -> the reference, which is returned as "reference"). A constant to
+    torch.compile: the dispatcher query, the module lookup and the warning happen outside the
+    traced code."""
     if chosen in ("cpu", "reference"):
         return chosen
     if chosen == "cuda" and _has_cuda_rows():
