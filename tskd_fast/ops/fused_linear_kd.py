@@ -6,9 +6,12 @@ Row op (the kernel between the matmuls; contract in csrc/include/tskd_fast/fused
         beta: float, ka: int, lsr_p: float, scale_tau2: bool, ce_weight: float, ignore_index: int,
         compute_grad: bool, grad_scale: float = 1) -> row_loss (R,) opmath
     and, when compute_grad, grad_scale * d row_loss / d student written over `student`.
-    tskd_fast::fused_linear_kd_rows is the C++ op (CPU; CUDA when its kernel is built);
-    tskd_fast::fused_linear_kd_rows_triton, when present, is the Triton one (defined by
-    tskd_fast.ops.triton.fused_linear_kd on import). This module gives both the fake kernel.
+    tskd_fast::fused_linear_kd_rows is the C++ op (CPU; CUDA when a CUDA kernel is registered for
+    it); tskd_fast::fused_linear_kd_rows_triton, when present, is the Triton one: the module
+    tskd_fast.ops.triton.fused_linear_kd defines it on import with the same schema, exports it as
+    `fused_linear_kd_rows_triton` and gives it this module's fake kernel
+    (register_fused_linear_kd_rows_op). rows_backend() finds whichever is built, and the driver
+    and the tests (tests/test_fused_linear_kd_rows.py: row_backends) pick it up from there.
 
 Driver op tskd_fast::fused_linear_kd: a custom op written in Python that runs the chunk loop of
 tskd_fast.ops.fused_linear_kd_chunks with the row op of a backend, so the forward returns the loss
