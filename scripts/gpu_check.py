@@ -234,7 +234,7 @@ def _bench_section(out_dir: Path, lines: list[str]) -> bool:
             )
             lines.append(
                 f"    {row['op']} {row['shape']} {row['dtype']} {row['backend']}: {row['median_ms']:.1f} ms, "
-                f"{row['tflops']:.1f} TFLOPS{share}{memory}"
+                f"{row['tflops']:.3g} TFLOPS{share}{memory}"
             )
     for step in bench.get("steps", []):
         lines.append(
