@@ -1,4 +1,4 @@
-"""tskd_fast.functional.convlstm_gates: argument checks, and the reference against METHODS §6a."""
+"""tskd_fast.functional.convlstm_gates: argument checks, and the reference against docs/methods.md §3.4."""
 
 import pytest
 import torch
@@ -15,7 +15,7 @@ def inputs(batch=3, hidden=5, height=7, width=9, dtype=torch.float64, peepholes=
 
 
 def closed_form(gates, c_prev, w_ci, w_cf, w_co, dh, dc_next):
-    """Forward and backward of METHODS Part B §6a, written out in float64."""
+    """Forward and backward of docs/methods.md §3.4, written out in float64."""
     a_i, a_f, a_g, a_o = gates.chunk(4, dim=1)
     i = torch.sigmoid(a_i + w_ci * c_prev)
     f = torch.sigmoid(a_f + w_cf * c_prev)

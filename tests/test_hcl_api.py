@@ -39,7 +39,7 @@ def hcl_by_hand(pairs, levels=(4, 2, 1)):
 
 
 def test_windows_of_seven_by_four_overlap():
-    # METHODS §6c lists the third window as [3, 5); the rule gives [3, ceil(21 / 4)) = [3, 6).
+    # docs/methods.md §2.4: the third window is [floor(14 / 4), ceil(21 / 4)) = [3, 6).
     assert windows(7, 4) == [(0, 2), (1, 4), (3, 6), (5, 7)]
 
 

@@ -1,6 +1,6 @@
 #pragma once
 
-// Per-row DTD weights on the CPU (METHODS.md A1, §3.2):
+// Per-row DTD weights on the CPU (docs/methods.md §1.4, §1.5):
 //   flsw: w = (1 - cos(z, v))^gamma with cos = z.v / ((|z| + 1e-4) (|v| + 1e-4)), where v is the
 //         probability-shifted teacher row when ka = ps and the teacher's argmax misses the label;
 //   cwsm: w = 1 / (max softmax(z) + 1e-3).

@@ -2,7 +2,7 @@
 
 // Per-row DTD weights on CUDA GPUs (csrc/cuda/dtd_weight.cu launches the kernel; csrc/tests/
 // runs it under a host emulation), with the row math of tskd_fast/dtd_math.h shared with the
-// CPU kernel (METHODS.md A1 and §3.2):
+// CPU kernel (docs/methods.md §1.4, §1.5):
 //   flsw: w = (1 - cos(z, v))^gamma, v probability-shifted (ka = ps) where the teacher's argmax
 //         misses the label; one pass gathers z.v, |z|^2, |v|^2 and the teacher's argmax, and
 //         the swap enters as a correction of z.v;

@@ -1,7 +1,7 @@
 #pragma once
 
-// Direct double-precision implementations of one row of the fused ops (METHODS.md A1, §3.2,
-// §6b), written from the definitions rather than from the kernels' sums: the oracle of the C++
+// Direct double-precision implementations of one row of the fused ops (docs/methods.md §1),
+// written from the definitions rather than from the kernels' sums: the oracle of the C++
 // tests. Rows are std::vector<double>; a label equal to ignore_index means "no label".
 #include <algorithm>
 #include <cmath>

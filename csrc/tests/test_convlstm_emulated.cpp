@@ -29,7 +29,7 @@ namespace {
 
 double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
-// The cell from its definition (METHODS.md §6a), in double.
+// The cell from its definition (docs/methods.md §3.4), in double.
 struct Cell {
   double h, c;
 };

@@ -1,4 +1,4 @@
-"""``tskd``: Temporal Supervised KD, "Review helps learn better" (METHODS A3, Part B §2).
+"""``tskd``: Temporal Supervised KD, "Review helps learn better" (docs/methods.md §3).
 
 Every epoch: CE + KD (T = 4; weights 1 and 1 as in the reference's train.py). The run is cut into
 *points* every ``period`` of the run; each cycle of ``memory_points + 1`` points is

@@ -12,7 +12,7 @@ trains on them.
   reference's epochs 30 and 90 of 240 on CIFAR: 0.125 and 0.375), max(1, round(search_length *
   epochs)) passes over the training set (the reference's 30 of 240: 0.125) update only the module,
   with student (in eval mode) and teacher frozen, minimising the teacher's CE on x̃ plus
-  -log(1 - p_S(y | x̃)) (``objective: confidence``, Part B §4.2 of METHODS.md) or minus the
+  -log(1 - p_S(y | x̃)) (``objective: confidence``, docs/methods.md §4.2) or minus the
   student's CE (``ce_difference``, another version of the reference). The module has its own SGD
   (lr 0.01, momentum 0.9, gradient norm clipped at 10) and the reference's plateau rule: after a
   pass whose loss fell by less than 0.02 both absolutely and relatively, lr *= 0.9. Optimiser and
