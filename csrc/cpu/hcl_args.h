@@ -5,10 +5,11 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "cpu/isa_declare.h"
 #include "tskd_fast/hcl_math.h"
 
 // Arguments of the CPU HCL kernel (csrc/cpu/hcl_kernel.h), filled by csrc/cpu/hcl.cpp after the
-// inputs are checked; compiled once per vector ISA (csrc/cpu/isa/abf_fuse_hcl_<isa>.cpp).
+// inputs are checked; compiled once per vector ISA (csrc/cpu/isa/hcl_<isa>.cpp).
 namespace tskd_fast::cpu {
 
 struct HclArgs {
@@ -55,11 +56,7 @@ inline int64_t hcl_partial_count(const HclArgs& a) {
   void hcl_kernel(const HclArgs& a);       \
   }
 
-TSKD_FAST_DECLARE_HCL_KERNELS(DEFAULT)
-#if TSKD_FAST_X86_ISA
-TSKD_FAST_DECLARE_HCL_KERNELS(AVX2)
-TSKD_FAST_DECLARE_HCL_KERNELS(AVX512)
-#endif
+TSKD_FAST_DECLARE_ISA_KERNELS(TSKD_FAST_DECLARE_HCL_KERNELS)
 #undef TSKD_FAST_DECLARE_HCL_KERNELS
 
 }  // namespace tskd_fast::cpu
