@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "cpu/output_pool.h"
+#include "python/eager_calls.h"
 
 extern "C" {
 // Importing tskd_fast._C loads this library, whose static initialisers register the ops.
@@ -13,6 +14,10 @@ PyObject* PyInit__C(void) {
   PyObject* module = PyModule_Create(&module_def);
   if (module != nullptr) {
     PyModule_AddIntConstant(module, "WITH_CUDA", TSKD_FAST_WITH_CUDA);
+    if (PyModule_AddFunctions(module, tskd_fast::python::eager_call_methods()) != 0) {
+      Py_DECREF(module);
+      return nullptr;
+    }
   }
   return module;
 }

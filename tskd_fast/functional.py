@@ -49,8 +49,8 @@ def _check_for_reference(spec: OpSpec, *args) -> None:
 
 def _labels(target) -> torch.Tensor | None:
     """target as int64 class indices (integer tensors are converted)."""
-    if target is None:
-        return None
+    if target is None or (type(target) is torch.Tensor and target.dtype is torch.int64):
+        return target
     if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.is_complex():
         raise ValueError("target must be an integer tensor of class indices")
     return target if target.dtype == torch.int64 else target.long()
@@ -58,6 +58,8 @@ def _labels(target) -> torch.Tensor | None:
 
 def _teacher_like(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
     """The teacher logits detached, in the student's dtype when both are floating."""
+    if type(teacher) is torch.Tensor and teacher.dtype is student.dtype and not teacher.requires_grad:
+        return teacher
     check_tensor(teacher, "teacher_logits")
     if teacher.requires_grad:
         teacher = teacher.detach()
@@ -72,6 +74,13 @@ def _temperature_rows(temperature: float | torch.Tensor, student: torch.Tensor) 
     rows = student.shape[0] if student.dim() > 0 else 0
     dtype = opmath_dtype(student.dtype)
     if isinstance(temperature, torch.Tensor):
+        if (  # already what the op takes (dtd_temperature's output): the common case, checked first
+            temperature.dtype is dtype
+            and temperature.shape == (rows,)
+            and not temperature.requires_grad
+            and temperature.device == student.device
+        ):
+            return temperature
         if temperature.dim() > 1 or (temperature.dim() == 1 and temperature.shape[0] not in (rows, 1)):
             raise ValueError(
                 f"temperature must be a float, a 0-d tensor or a tensor of shape (batch,) = ({rows},), "
@@ -151,17 +160,20 @@ def kd_loss(
     NaN gradient, as log_softmax would give; other rows are unaffected. A -inf logit is a masked
     class: a teacher -inf contributes nothing; a student -inf where the target has mass gives inf.
     """
-    ka_code = _code("ka", ka, KA_MODES)
-    scale_tau2 = _code("scale", scale, SCALES)
-    reduction_code = _code("reduction", reduction, REDUCTIONS)
+    try:
+        ka_code, scale_tau2, reduction_code = KA_MODES[ka], SCALES[scale], REDUCTIONS[reduction]
+    except (KeyError, TypeError):  # say which one, as _code does
+        ka_code = _code("ka", ka, KA_MODES)
+        scale_tau2 = _code("scale", scale, SCALES)
+        reduction_code = _code("reduction", reduction, REDUCTIONS)
     check_tensor(student_logits, "student_logits")
     chosen = resolve_backend(backend, student_logits.device)
     teacher = _teacher_like(teacher_logits, student_logits)
     target = _labels(target)
     tau = _temperature_rows(temperature, student_logits)
     # The mean's 1/B goes into the gradient the kernel writes (tskd_fast/ops/kd_loss.py).
-    rows = student_logits.shape[0] if student_logits.dim() > 0 else 1
-    grad_scale = 1.0 / rows if reduction_code == 2 and rows > 0 else 1.0
+    shape = student_logits.shape
+    grad_scale = 1.0 / shape[0] if reduction_code == 2 and shape and shape[0] > 0 else 1.0
     compute_grad = student_logits.requires_grad and torch.is_grad_enabled()
     args = (
         student_logits,
@@ -182,7 +194,7 @@ def kd_loss(
         return reference.kd_loss(
             student_logits, teacher, target, tau, ka, lsr_p, scale, ce_weight, ignore_index, reduction
         )
-    loss, _ = call(KD_LOSS, chosen, *args)
+    loss, _ = call(KD_LOSS, chosen, args)
     return loss if loss.dtype == student_logits.dtype else loss.to(student_logits.dtype)
 
 
@@ -210,20 +222,22 @@ def dtd_weight(
         return reference.dtd_weight(
             student, teacher, target, mode, gamma, "ps" if ka_code else "none", ignore_index
         )
-    return call(DTD_WEIGHT, chosen, *args)
+    return call(DTD_WEIGHT, chosen, args)
 
 
 def _dtd_args(student_logits, teacher_logits, mode, gamma, target, ka, ignore_index) -> tuple:
-    """The arguments of the DTD ops: the logits detached, the labels only where the weights read
+    """The arguments of the DTD ops (which have no gradient): the labels only where the weights read
     them (ka="ps" with flsw; label smoothing changes the target distribution, not the logits)."""
-    mode_code = _code("mode", mode, DTD_MODES)
-    ka_code = _code("ka", ka, KA_MODES)
+    try:
+        mode_code, ka_code = DTD_MODES[mode], KA_MODES[ka]
+    except (KeyError, TypeError):  # say which one, as _code does
+        mode_code = _code("mode", mode, DTD_MODES)
+        ka_code = _code("ka", ka, KA_MODES)
     check_tensor(student_logits, "student_logits")
-    student = student_logits.detach() if student_logits.requires_grad else student_logits
-    uses_ka = ka_code == KA_MODES["ps"] and mode_code == DTD_MODES["flsw"]
+    uses_ka = ka_code == 1 and mode_code == 0  # probability shift with flsw
     return (
-        student,
-        _teacher_like(teacher_logits, student),
+        student_logits,
+        _teacher_like(teacher_logits, student_logits),
         _labels(target) if uses_ka else None,
         mode_code,
         float(gamma),
@@ -275,7 +289,7 @@ def dtd_temperature(
             "ps" if ka_code else "none",
             ignore_index,
         )
-    return call(DTD_TEMPERATURE, chosen, *args)
+    return call(DTD_TEMPERATURE, chosen, args)
 
 
 def convlstm_gates(
@@ -314,7 +328,7 @@ def convlstm_gates(
     if chosen == "reference":
         _check_for_reference(CONVLSTM_GATES, gates, c_prev, w_ci, w_cf, w_co)
         return reference.convlstm_gates(gates, c_prev, w_ci, w_cf, w_co)
-    return call(CONVLSTM_GATES, chosen, gates, c_prev, w_ci, w_cf, w_co)
+    return call(CONVLSTM_GATES, chosen, (gates, c_prev, w_ci, w_cf, w_co))
 
 
 def _attention_weights(att_weight, att_bias, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -367,7 +381,7 @@ def abf_fuse(
     if chosen == "reference":
         _check_for_reference(ABF_FUSE, x, y, weight, bias)
         return reference.abf_fuse(x, y, att_weight, att_bias)
-    fused, _ = call(ABF_FUSE, chosen, x, y, weight, bias)
+    fused, _ = call(ABF_FUSE, chosen, (x, y, weight, bias))
     return fused
 
 
@@ -433,5 +447,5 @@ def hcl_loss(
     if chosen == "reference":
         _check_for_reference(HCL_LOSS, students, teachers, levels, compute_grad, 1.0)
         return reference.hcl_loss(students, teachers, tuple(levels))
-    loss, _ = call(HCL_LOSS, chosen, students, teachers, levels, compute_grad, 1.0)
+    loss, _ = call(HCL_LOSS, chosen, (students, teachers, levels, compute_grad, 1.0))
     return loss if loss.dtype == students[0].dtype else loss.to(students[0].dtype)

@@ -282,7 +282,8 @@ def run_overhead_bench(args: argparse.Namespace, families: list[str], devices: l
     print(f"Machine: {where}; {machine['date']}")
     print(
         "\nHost cost of one forward + backward on tiny tensors (median µs; floor = x.sum().backward() on "
-        f"the same tensors; target: fused ≤ {overhead.TARGET_VS_FLOOR}x floor and below eager)\n"
+        "the same tensors: every input that takes a gradient, in one backward; "
+        f"target: fused ≤ {overhead.TARGET_VS_FLOOR}x floor and below eager)\n"
     )
     print(overhead.overhead_table(rows))
     sys.stdout.flush()

@@ -4,11 +4,13 @@ floor of autograd itself.
 Each family runs forward + backward on tiny tensors (its ``overhead`` shape), where the arithmetic
 is nothing: what remains is what every training step pays on the host before a kernel runs (on a
 GPU at CIFAR shapes, nearly the whole cost of a loss). The floor is ``x.sum().backward()`` on the
-same tensors (x the op's first input that takes a gradient): one trivial op and one trip through
-the autograd engine, which no op can undercut. The fused call, the eager reference and the floor
-are timed in one run, alternately (tskd_fast.bench.timing.measure), and reported in microseconds
-and as multiples of the floor. The target of the op layer: at most TARGET_VS_FLOOR times the floor,
-and below eager.
+same tensors: for every input x of the call that takes a gradient a ``x.sum()``, all of them
+backpropagated in one ``torch.autograd.backward`` (for the KD loss, one input: exactly
+``student.sum().backward()``). That is one trivial op per input and one trip through the autograd
+engine that delivers the same gradients, which no op can undercut. The fused call, the eager
+reference and the floor are timed in one run, alternately (tskd_fast.bench.timing.measure), and
+reported in microseconds and as multiples of the floor. The target of the op layer: at most
+TARGET_VS_FLOOR times the floor, and below eager.
 """
 
 from __future__ import annotations
@@ -49,12 +51,13 @@ class OverheadRow:
 
 
 def floor_call(inputs: Inputs):
-    """x.sum().backward() on the first leaf of the inputs."""
-    x = inputs.leaves[0]
+    """x.sum().backward() on every input that takes a gradient (inputs.leaves), in one backward."""
+    leaves = inputs.leaves
 
     def run() -> None:
-        x.grad = None
-        x.sum().backward()
+        for x in leaves:
+            x.grad = None
+        torch.autograd.backward([x.sum() for x in leaves])
 
     return run
 

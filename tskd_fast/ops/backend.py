@@ -154,6 +154,19 @@ def default_backend() -> str:
 # resolve_backend's answers, by (backend, device, TSKD_FAST_BACKEND): the choice is made once.
 _RESOLVED: dict[tuple, str] = {}
 
+# os.environ's own mapping (bytes on POSIX), read without os.environ's per-call encoding: the
+# variable is read on every call so that setting it takes effect at once.
+_ENV_DATA = getattr(os.environ, "_data", None)
+_ENV_KEY = (
+    ENV_VAR.encode() if isinstance(_ENV_DATA, dict) and all(isinstance(k, bytes) for k in _ENV_DATA) else None
+)
+
+
+def _env_value():
+    if _ENV_KEY is not None:
+        return _ENV_DATA.get(_ENV_KEY)
+    return os.environ.get(ENV_VAR)
+
 
 def resolve_backend(backend: str | None, device: torch.device) -> str:
     """Resolve `backend` ("auto", "cpu", "cuda", "triton", "reference") for tensors on `device`.
@@ -166,7 +179,7 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     """
     if torch.compiler.is_compiling():
         return _resolve(backend, device)
-    key = (backend, device, os.environ.get(ENV_VAR))
+    key = (backend, device, _env_value())
     chosen = _RESOLVED.get(key)
     if chosen is None:
         chosen = _RESOLVED[key] = _resolve(backend, device)

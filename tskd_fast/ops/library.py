@@ -160,14 +160,33 @@ def _wants_grad(args) -> bool:
     return False
 
 
-def call(spec: OpSpec, backend: str, *args):
-    """spec's op of `backend` on args. The C++ ops go straight in (their autograd is C++); an eager
-    Triton call that needs a gradient takes the light autograd.Function, a traced one (torch.compile,
-    export, opcheck) the op's registered autograd."""
-    op = op_for(backend, spec.name)
-    if backend != "triton" or spec.autograd is None:
-        return op(*args)
+def _eager_entry(name: str) -> Callable | None:
+    """tskd_fast._C.<name>, the C++ op's eager entry point (csrc/python/eager_calls.h), or None."""
+    module = _extension.extension()
+    return getattr(module, name, None) if module is not None else None
+
+
+_ENTRIES: dict[str, Callable | None] = {}
+
+
+def call(spec: OpSpec, backend: str, args: tuple):
+    """spec's op of `backend` on the tuple `args`. An eager call of a C++ op takes its entry point in
+    tskd_fast._C (autograd is C++ too, so the call and its backward never enter Python again); an
+    eager Triton call that needs a gradient takes the light autograd.Function; a traced call
+    (torch.compile, export, opcheck) the op itself with its registered autograd."""
     if torch.compiler.is_compiling():
+        return op_for(backend, spec.name)(*args)
+    if backend != "triton":
+        entry = _ENTRIES.get(spec.name, False)
+        if entry is False:
+            entry = _ENTRIES[spec.name] = _eager_entry(spec.name)
+        if entry is not None:
+            out = entry(*args)
+            if out is not None:  # None: arguments with __torch_function__, for torch.ops
+                return out
+        return op_for(backend, spec.name)(*args)
+    op = op_for(backend, spec.name)
+    if spec.autograd is None:
         return op(*args)
     if not (torch.is_grad_enabled() and _wants_grad(args)):
         with torch._C._AutoDispatchBelowAutograd():  # nothing to record: skip the autograd wrapper
