@@ -1,12 +1,13 @@
 #pragma once
 
-// Direct double-precision implementations of one row of the fused ops (METHODS.md A1, §3.2,
+// Direct double-precision implementations of one row of the KD loss (METHODS.md A1, §3.2,
 // §6b), written from the definitions rather than from the kernels' sums: the oracle of the C++
 // tests. Rows are std::vector<double>; a label equal to ignore_index means "no label".
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <random>
 #include <utility>
 #include <vector>
 
@@ -31,6 +32,14 @@ struct KdRowResult {
 };
 
 // torch.argmax: the first NaN if any, else the first maximum.
+// Normal values of standard deviation `spread`.
+inline Row random_row(std::mt19937& rng, int64_t classes, double spread) {
+  std::normal_distribution<double> normal(0.0, spread);
+  Row x(classes);
+  for (double& xk : x) xk = normal(rng);
+  return x;
+}
+
 inline int64_t first_argmax(const Row& x) {
   int64_t best = 0;
   for (int64_t k = 1; k < static_cast<int64_t>(x.size()); ++k) {
@@ -95,32 +104,6 @@ inline KdRowResult kd_row_reference(const Row& z, const Row& v, int64_t label, d
     }
   }
   return out;
-}
-
-// mode 0: flsw, (1 - cos(z, v))^gamma with the probability-shifted v; mode 1: cwsm.
-inline double dtd_weight_reference(const Row& z, const Row& v, int64_t label, int64_t mode,
-                                   double gamma, int64_t ka, int64_t ignore_index) {
-  if (mode == 1) {
-    double zmax = -kInf;
-    bool nan = false;
-    for (double x : z) {
-      nan = nan || std::isnan(x);
-      zmax = std::max(zmax, x);
-    }
-    double sum = 0.0;
-    for (double x : z) sum += std::exp(x - zmax);
-    if (nan) sum = kNaN;
-    return 1.0 / (1.0 / sum + 1e-3);
-  }
-  const Row t = adjusted_teacher(v, label, ka == 1 ? 1 : 0, ignore_index).first;
-  double dot = 0.0, zz = 0.0, tt = 0.0;
-  for (size_t k = 0; k < z.size(); ++k) {
-    dot += z[k] * t[k];
-    zz += z[k] * z[k];
-    tt += t[k] * t[k];
-  }
-  const double cosine = dot / ((std::sqrt(zz) + 1e-4) * (std::sqrt(tt) + 1e-4));
-  return std::pow(std::clamp(1.0 - cosine, 0.0, 2.0), gamma);
 }
 
 }  // namespace tskd_fast::testing

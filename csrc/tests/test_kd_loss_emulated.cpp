@@ -1,10 +1,10 @@
-// The CUDA kernels of csrc/cuda/*_kernels.cuh, run on the host under cuda_emulation.h, against
-// the double-precision reference (kd_reference.h): every row-group configuration (4 to 32 lanes
-// with registers, block loops of 256 and 512 threads), packed and unpacked rows, tail rows in a
-// block, float32/float16/bfloat16, the knowledge-adjustment and CE options, and the NaN, +inf and
-// -inf conventions. It checks the kernels' logic (indexing, reductions, per-row math); GPU-only
-// matters (occupancy, the device's exp2f, races the emulation's sequential fibers cannot show)
-// need a GPU run of tests/test_kd_loss_kernels.py.
+// The CUDA KD-loss kernels (csrc/cuda/kd_loss_kernels.cuh), run on the host under
+// cuda_emulation.h, against the double-precision reference (kd_loss_reference.h): every row-group
+// configuration (4 to 32 lanes with registers, block loops of 256 and 512 threads), packed and
+// unpacked rows, tail rows in a block, float32/float16/bfloat16, the knowledge-adjustment and CE
+// options, and the NaN, +inf and -inf conventions. It checks the kernels' logic (indexing,
+// reductions, per-row math); GPU-only matters (occupancy, the device's exp2f, races the emulation's
+// sequential fibers cannot show) need a GPU run of tests/test_kd_loss_kernels.py.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -21,66 +21,16 @@
 // clang-format off
 // The emulation must come before the kernel sources: it defines __global__, __shared__, ...
 #include "cuda_emulation.h"
-#include "cuda/dtd_weight_kernels.cuh"
 #include "cuda/kd_loss_kernels.cuh"
 // clang-format on
-#include "kd_reference.h"
+#include "kd_loss_reference.h"
+#include "row_operands.h"
 #include "test_check.h"
 
 namespace tskd_fast::testing {
 namespace {
 
-using cuda::DtdParams;
 using cuda::KdParams;
-
-// A (rows, classes) operand with a chosen row stride, its first row `offset` elements past a
-// 16-byte boundary; `values` holds the rounded values in double for the reference.
-template <typename scalar_t>
-struct Operand {
-  std::vector<scalar_t> storage;
-  scalar_t* data = nullptr;
-  int64_t stride = 0;
-  std::vector<Row> values;
-
-  Operand(const std::vector<Row>& rows, int64_t stride_, int64_t offset) : stride(stride_) {
-    const int64_t classes = static_cast<int64_t>(rows[0].size());
-    storage.assign(rows.size() * stride + offset + 16, scalar_t(0.0f));
-    const uintptr_t base = reinterpret_cast<uintptr_t>(storage.data());
-    const int64_t skip = static_cast<int64_t>((16 - base % 16) % 16 / sizeof(scalar_t));
-    data = storage.data() + skip + offset;
-    for (size_t n = 0; n < rows.size(); ++n) {
-      Row rounded(classes);
-      for (int64_t k = 0; k < classes; ++k) {
-        const scalar_t x = static_cast<scalar_t>(static_cast<float>(rows[n][k]));
-        data[n * stride + k] = x;
-        rounded[k] = static_cast<double>(static_cast<float>(x));
-      }
-      values.push_back(rounded);
-    }
-  }
-};
-
-template <typename scalar_t>
-const char* dtype_name() {
-  if constexpr (std::is_same_v<scalar_t, float>) return "float32";
-  if constexpr (std::is_same_v<scalar_t, c10::Half>) return "float16";
-  return "bfloat16";
-}
-
-// Relative rounding of one output element in the logits dtype.
-template <typename scalar_t>
-double output_rounding() {
-  if constexpr (std::is_same_v<scalar_t, float>) return 0.0;
-  if constexpr (std::is_same_v<scalar_t, c10::Half>) return 1.0 / 1024;
-  return 1.0 / 128;
-}
-
-template <typename Params, typename Launcher>
-void run_emulated(const Params& p, Launcher&& launcher) {
-  launcher(p, [&](auto kernel, int64_t blocks, int threads) {
-    cuda_emulation::launch(blocks, threads, [&] { kernel(p); });
-  });
-}
 
 struct KdCase {
   int64_t rows;
@@ -176,54 +126,6 @@ void check_kd_case(const KdCase& c, std::mt19937& rng) {
   std::printf("  kd_loss %-60s %s\n", what.c_str(), bad_rows ? "FAILED" : "ok");
 }
 
-template <typename scalar_t>
-void check_dtd_case(int64_t rows, int64_t classes, int64_t row_pad, int64_t mode, int64_t ka,
-                    double gamma, std::mt19937& rng) {
-  std::normal_distribution<double> normal(0.0, 3.0);
-  std::vector<Row> z(rows, Row(classes)), v(rows, Row(classes));
-  std::vector<int64_t> labels(rows);
-  for (int64_t n = 0; n < rows; ++n) {
-    for (int64_t k = 0; k < classes; ++k) {
-      z[n][k] = normal(rng);
-      v[n][k] = normal(rng);
-    }
-    labels[n] = n % 4 == 3 ? -100 : static_cast<int64_t>(rng() % classes);
-    if (n % 3 == 1) labels[n] = first_argmax(v[n]);
-  }
-  const Operand<scalar_t> student(z, classes + row_pad, 0), teacher(v, classes + row_pad, 0);
-  std::vector<float> weight(rows, -1.0f);
-  DtdParams<scalar_t> p{};
-  p.student = student.data;
-  p.teacher = teacher.data;
-  p.student_stride = student.stride;
-  p.teacher_stride = teacher.stride;
-  p.target = labels.data();
-  p.weight = weight.data();
-  p.rows = rows;
-  p.classes = classes;
-  p.mode = mode;
-  p.gamma = static_cast<float>(gamma);
-  p.ka = ka;
-  p.ignore_index = -100;
-  p.aligned = cuda::rows_take_packs<scalar_t>(p.student, p.student_stride, p.classes) &&
-              cuda::rows_take_packs<scalar_t>(p.teacher, p.teacher_stride, p.classes);
-  run_emulated(p,
-               [](const auto& params, auto&& launch) { cuda::launch_dtd_weight(params, launch); });
-  int bad = 0;
-  for (int64_t n = 0; n < rows; ++n) {
-    const double ref = dtd_weight_reference(student.values[n], teacher.values[n], labels[n], mode,
-                                            gamma, ka, -100);
-    const int before = failures();
-    TSKD_CHECK_CLOSE(weight[n], ref, 2e-5 * std::max(1.0, std::fabs(ref)),
-                     "dtd %s C=%lld mode=%lld ka=%lld row %lld", dtype_name<scalar_t>(),
-                     (long long)classes, (long long)mode, (long long)ka, (long long)n);
-    bad += failures() > before;
-  }
-  std::printf("  dtd_weight %s B=%lld C=%lld %s mode=%lld ka=%lld: %s\n", dtype_name<scalar_t>(),
-              (long long)rows, (long long)classes, p.aligned ? "packed" : "unpacked",
-              (long long)mode, (long long)ka, bad ? "FAILED" : "ok");
-}
-
 // Enough rows to fill one block of the configuration the row length takes, plus a tail block.
 int64_t rows_for(int64_t classes, int pack) {
   if (classes > cuda::kMaxItemsPerLane * 32) return 3;  // a block per row
@@ -298,17 +200,6 @@ int main() {
   kd_shapes_and_options<c10::BFloat16>({5, 64, 513, 1024, 2048}, rng);
   std::printf("kd_loss, special values:\n");
   kd_special_values(rng);
-  std::printf("dtd_weight:\n");
-  for (int64_t classes : {1, 5, 16, 33, 100, 1000, 4096, 4097}) {
-    for (int64_t mode : {0, 1}) {
-      for (int64_t ka : {0, 1, 2}) {
-        if (mode == 1 && ka != 0) continue;
-        check_dtd_case<float>(classes <= 64 ? 37 : 5, classes, classes % 2, mode, ka, 2.0, rng);
-      }
-    }
-  }
-  check_dtd_case<c10::Half>(9, 1000, 0, 0, 1, 1.5, rng);
-  check_dtd_case<c10::BFloat16>(9, 5000, 0, 1, 0, 2.0, rng);
-  std::printf("test_cuda_kernels_emulated: %d failure(s)\n", failures());
+  std::printf("test_kd_loss_emulated: %d failure(s)\n", failures());
   return failures() == 0 ? 0 : 1;
 }

@@ -90,6 +90,8 @@ def hcl_setup_context(ctx, inputs, output) -> None:
     ctx.mark_non_differentiable(*grads)
     ctx.set_materialize_grads(False)
     ctx.pairs = len(grads)
+    # An empty list of levels is a node of the inputs' structure, which backward's answer mirrors.
+    ctx.levels_grad = [] if len(inputs[2]) == 0 else None
     ctx.compute_grad = list(inputs[3])
     ctx.grad_scale = inputs[4] if len(inputs) > 4 else 1.0
     ctx.save_for_backward(*grads)
@@ -109,7 +111,7 @@ def hcl_backward(ctx, grad_loss: torch.Tensor | None, grad_grads):
                     f"of student_feats[{i}]; call it with compute_grad=True to backpropagate"
                 )
             grads[i] = scale_saved_gradient(saved, grad_loss, 1.0, ctx.grad_scale)
-    return grads, [None] * pairs, None, None, None
+    return grads, [None] * pairs, ctx.levels_grad, None, None
 
 
 HCL_LOSS = declare(
