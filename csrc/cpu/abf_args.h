@@ -51,8 +51,9 @@ struct AbfBackwardArgs : AbfGeometry {
 
 // Pixels of x per NCHW tile: about 1 MiB of one tensor, so that most maps are one tile per image.
 // A whole-map tile reads each tensor as one sequential stream, which the hardware prefetchers
-// follow; tiles of a few hundred pixels, sized for L2, were 1.2-1.5x slower on the small maps
-// (each channel's slice of a tile is then a short jump in memory).
+// follow; tiles of a few hundred pixels, sized for L2, were slower on the small maps (each
+// channel's slice of a tile is then a short jump in memory; benchmarks/README.md, "Kernel design
+// measurements").
 inline int64_t abf_tile_pixels(int64_t m) {
   const int64_t pixels = (int64_t{1} << 18) / m;
   return pixels < 64 ? 64 : (pixels > 4096 ? 4096 : pixels);

@@ -147,8 +147,9 @@ scalar_t* at_offset(void* p, int64_t offset) {
 // The row loops below run in blocks of kPassBlock columns, two passes per block. In one pass
 // per element, each vector's work was a chain of three exponentials and divides, the cell
 // state, then a fourth and a fifth: about 120 cycles deep and 90 instructions long, so the
-// out-of-order window held fewer than three such chains and the kernel waited on latency (one
-// thread: 11 ms at 64x64x32x32, twice as fast with a second core, the memory far from busy).
+// out-of-order window held fewer than three such chains and the kernel waited on latency (a
+// second core doubled its speed, the memory far from busy; benchmarks/README.md, "Kernel design
+// measurements").
 // Split at the cell state, each pass's chains are half as deep, and the activations the second
 // pass needs wait in a small buffer (L1).
 constexpr int64_t kPassBlock = 256;

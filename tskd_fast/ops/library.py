@@ -7,10 +7,10 @@
   check before the kernel, its fake kernel and its autograd formula, with the backward op taken
   from the same backend. They are defined when the Triton backend is first used (importing
   tskd_fast.ops.triton.<family>, which calls `define_triton`).
-- `op_for(backend, name)` gives a backend's op; `call(spec, backend, *args)` calls it, eager Triton
-  calls through a light autograd.Function over the spec's formula (torch.library's generic
-  autograd wrapper rebuilds the argument list from the schema on every call, tens of
-  microseconds).
+- `op_for(backend, name)` gives a backend's op; `call(spec, backend, args)` calls it: an eager call
+  of a C++ op through its entry point in tskd_fast._C, an eager Triton call through a light
+  autograd.Function over the spec's formula (torch.library's generic autograd wrapper rebuilds the
+  argument list from the schema on every call).
 """
 
 from __future__ import annotations
