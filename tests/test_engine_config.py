@@ -6,7 +6,7 @@ import os
 import pytest
 
 from tskd_fast.engine.config import RUNTIME_KEYS, differences, identity, load_config, resolve_config
-from tskd_fast.engine.errors import ConfigError
+from tskd_fast.errors import ConfigError
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "tskd_fast", "configs")
 

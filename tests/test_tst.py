@@ -5,11 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from tskd_fast.distillers import RunInfo, get_method
-from tskd_fast.distillers.terms import build_term
+from tskd_fast.distillers import RunInfo, build_term, get_method
 from tskd_fast.distillers.tst import TSTDistiller, search_objective
 from tskd_fast.engine.config import load_config, schema_defaults
-from tskd_fast.engine.errors import ConfigError
+from tskd_fast.errors import ConfigError
 
 MEAN, STD = (0.5, 0.45, 0.4), (0.25, 0.2, 0.3)
 

@@ -10,7 +10,7 @@ from torchvision import datasets
 
 from tskd_fast.data.registry import DatasetEntry, DataSplits, register_dataset
 from tskd_fast.data.transforms import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, cifar_transforms
-from tskd_fast.engine.errors import UserError
+from tskd_fast.errors import UserError
 
 _SPECS = {
     "cifar10": (datasets.CIFAR10, 10, CIFAR10_MEAN, CIFAR10_STD, "cifar-10-batches-py"),

@@ -19,8 +19,8 @@ from tskd_fast.data.transforms import (
     cifar_transforms,
     imagenet_transforms,
 )
-from tskd_fast.engine.errors import UserError
-from tskd_fast.engine.schema import Field, positive
+from tskd_fast.errors import UserError
+from tskd_fast.schema import Field, positive
 
 
 def _split_dir(root: str, sub: str, what: str) -> str:

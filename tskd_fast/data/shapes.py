@@ -11,8 +11,8 @@ import torch
 from tskd_fast.data.embedded import SHAPES, TEXTURES, ShapesSpec, generate
 from tskd_fast.data.registry import DatasetEntry, DataSplits, register_dataset
 from tskd_fast.data.tensor_dataset import AugmentedTensorDataset
-from tskd_fast.engine.errors import ConfigError
-from tskd_fast.engine.schema import Field, non_negative, positive
+from tskd_fast.errors import ConfigError
+from tskd_fast.schema import Field, non_negative, positive
 
 
 @functools.lru_cache(maxsize=2)

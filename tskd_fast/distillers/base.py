@@ -16,6 +16,11 @@ weighted loss terms of the config. Methods with more machinery subclass it and u
   training data run before that training epoch, each a sequence of ``phase_step(image, target,
   epoch, index)`` calls between ``on_phase_pass_start`` and ``on_phase_pass_end``; the trainer
   checkpoints after every pass, so ``--resume`` continues inside a phase.
+
+This module is the bottom of the package: the loss-term contract (``LossTerm``, ``StepOutputs``)
+lives here too, and it imports no other distillers module. Methods are built through
+``registry`` (``build_method``), which merges and checks their options and checks the teacher
+before a constructor runs, so a constructor receives a complete options section.
 """
 
 from __future__ import annotations
@@ -27,7 +32,48 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tskd_fast.distillers.terms import LossTerm, StepOutputs, build_term
+from tskd_fast.errors import ConfigError
+from tskd_fast.models import FeatureDict
+
+
+class DistillerSetupError(ConfigError, ValueError):
+    """Bad method options, or a student/teacher a method cannot use: a ValueError for Python
+    callers, a one-line error (exit code 2) on the command line."""
+
+
+@dataclass
+class StepOutputs:
+    """What one training step produced, handed to every loss term.
+
+    student_logits: (B, K); teacher_logits: (B, K) or None (no term needs the teacher);
+    target: (B,) int64; student_features / teacher_features: the models' FeatureDict when a term
+    asked for them, else None; extras: outputs of the distiller's own modules (adapters, ...);
+    epoch: 0-based epoch; progress: fraction of training done, in [0, 1).
+    """
+
+    student_logits: Tensor
+    teacher_logits: Tensor | None
+    target: Tensor
+    student_features: FeatureDict | None = None
+    teacher_features: FeatureDict | None = None
+    extras: dict[str, Any] | None = None
+    epoch: int = 0
+    progress: float = 0.0
+
+
+class LossTerm(nn.Module):
+    """Base class of a weighted loss: ``forward(outputs: StepOutputs) -> scalar loss`` (unweighted).
+
+    The class attributes say what the term reads, so a distiller runs only the forward passes its
+    active terms use.
+    """
+
+    needs_teacher: bool = False
+    needs_student_features: bool = False
+    needs_teacher_features: bool = False
+
+    def forward(self, outputs: StepOutputs) -> Tensor:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -87,18 +133,6 @@ class Distiller(nn.Module):
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
-
-    @classmethod
-    def from_config(
-        cls, student: nn.Module, teacher: nn.Module | None, distiller_cfg: Mapping[str, Any], method_name: str
-    ) -> Distiller:
-        """Build from a resolved ``distiller`` config section: every term with a non-zero weight."""
-        built = {
-            name: (weight, build_term(name, distiller_cfg.get(name, {})))
-            for name, weight in distiller_cfg["terms"].items()
-            if weight != 0
-        }
-        return cls(student, teacher, built, distiller_cfg.get(method_name, {}))
 
     # -- the contract ----------------------------------------------------------------------------
     def train(self, mode: bool = True) -> Distiller:

@@ -20,13 +20,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from tskd_fast.distillers.base import Distiller, unwrap
+import tskd_fast.distillers.terms  # noqa: F401  (registers the ce term weighed here)
+from tskd_fast.distillers.base import Distiller, LossTerm, StepOutputs, unwrap
 from tskd_fast.distillers.registry import MethodEntry, TermEntry, register_method, register_term
-from tskd_fast.distillers.terms import LossTerm, StepOutputs
-from tskd_fast.engine.schema import Field, defaults, non_negative, positive
 from tskd_fast.models import FeatureDict
 from tskd_fast.nn import HCLLoss, ReviewKDFusion
 from tskd_fast.ops import BACKENDS
+from tskd_fast.schema import Field, non_negative, positive
 
 STUDENT_KEY, TEACHER_KEY = "review_student", "review_teacher"
 
@@ -109,9 +109,8 @@ class ReviewKDDistiller(Distiller):
         terms: Mapping[str, tuple[float, LossTerm]],
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(student, teacher, terms, {**defaults(OPTIONS), **dict(options or {})})
-        if teacher is None:
-            raise ValueError("reviewkd distils the teacher's features: teacher is required")
+        super().__init__(student, teacher, terms, options)
+        assert teacher is not None, "registry.build_method checks the teacher"
         opts = self.options
         self.fusion: nn.Module | None = None
         if "hcl" in self.terms:

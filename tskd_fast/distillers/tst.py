@@ -41,13 +41,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tskd_fast.distillers.base import Distiller, RunInfo, unwrap
+import tskd_fast.distillers.terms  # noqa: F401  (registers the ce and kd terms weighed here)
+from tskd_fast.distillers.base import Distiller, LossTerm, RunInfo, unwrap
 from tskd_fast.distillers.registry import MethodEntry, register_method
-from tskd_fast.distillers.terms import LossTerm
-from tskd_fast.engine.amp import autocast
-from tskd_fast.engine.errors import ConfigError
-from tskd_fast.engine.schema import Field, Section, defaults, non_negative, positive, unit_interval
+from tskd_fast.errors import ConfigError
 from tskd_fast.nn.augment import ALL_OPS, CIFAR100_MEAN, CIFAR100_STD, LearnedAugmentation
+from tskd_fast.schema import Field, Section, non_negative, positive, unit_interval
 
 OBJECTIVES = ("confidence", "ce_difference")
 
@@ -140,9 +139,8 @@ class TSTDistiller(Distiller):
         terms: Mapping[str, tuple[float, LossTerm]],
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(student, teacher, terms, {**defaults(OPTIONS), **dict(options or {})})
-        if teacher is None:
-            raise ValueError("tst needs a teacher: its search phases fit the augmentation to the teacher")
+        super().__init__(student, teacher, terms, options)
+        assert teacher is not None, "registry.build_method checks the teacher"
         o = self.options
         try:
             self.augment = LearnedAugmentation(
@@ -241,7 +239,7 @@ class TSTDistiller(Distiller):
         student.eval()
         student.requires_grad_(False)
         try:
-            with autocast(device, dtype):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 augmented = self.augment(image)
                 s_logits, t_logits = student(augmented), teacher(augmented)
             loss, teacher_ce, student_term = search_objective(

@@ -3,6 +3,9 @@
 A section is a ``dict`` mapping a key to a ``Field`` or to a nested section. ``resolve`` checks a
 user mapping against a section and returns a complete nested dict (defaults filled in); every
 problem is a ``ConfigError`` whose message names the dotted key and lists the valid choices.
+
+It sits below everything that declares options (the engine's sections, the datasets, the
+distillers and their loss terms), so none of them needs another to describe its keys.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
-from tskd_fast.engine.errors import ConfigError
+from tskd_fast.errors import ConfigError
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
 
