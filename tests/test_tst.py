@@ -157,7 +157,11 @@ def test_packaged_configs_resolve():
     for name in names:
         cfg = load_config(f"configs/cifar100/tst/{name}")
         assert cfg["distiller"]["name"] == "tst" and cfg["dataset"]["name"] == "cifar100"
-        assert cfg["distiller"]["tst"]["search_at"] == [0.125, 0.375]
+        # Whole epochs of the 240-epoch recipe: the reference's search points for the pair.
+        epochs = [f * 240 for f in cfg["distiller"]["tst"]["search_at"]]
+        assert all(abs(e - round(e)) < 1e-6 for e in epochs)
+        expected = [32, 62, 92, 122, 152, 182, 212] if name == "vgg13_vgg8.yaml" else [30, 90]
+        assert [round(e) for e in epochs] == expected
 
 
 def test_training_set_normalisation_is_found():

@@ -24,7 +24,8 @@ _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a 
 class Field:
     """One config value.
 
-    type: bool, int, float, str or list (then ``item`` gives the element type).
+    type: bool, int, float, str or list (then ``item`` gives the element type), or object for a
+        value of several shapes (taken as YAML gives it; ``check`` validates it).
     nullable: None is allowed (and is the "not set" value of optional fields).
     choices: the allowed values, listed in the error message.
     check: extra validation, returns an error message (without the key) or None.
@@ -106,7 +107,9 @@ def coerce(field: Field, value: Any, key: str) -> Any:
         if field.nullable:
             return None
         raise ConfigError(f"{key} must be set (null is not allowed)")
-    if field.type is list:
+    if field.type is object:
+        out = value
+    elif field.type is list:
         if isinstance(value, tuple):
             value = list(value)
         if not isinstance(value, list):

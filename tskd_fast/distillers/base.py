@@ -35,6 +35,9 @@ from torch import Tensor, nn
 from tskd_fast.errors import ConfigError
 from tskd_fast.models import FeatureDict
 
+# How the frozen teacher's BatchNorm layers run in training steps (``Distiller.teacher_bn_mode``).
+TEACHER_BN_MODES = ("eval", "train")
+
 
 class DistillerSetupError(ConfigError, ValueError):
     """Bad method options, or a student/teacher a method cannot use: a ValueError for Python
@@ -130,16 +133,43 @@ class Distiller(nn.Module):
         self.options = dict(options or {})
         if any(term.needs_teacher for term in self.terms.values()) and teacher is None:
             raise ValueError(f"the loss terms {list(self.weights)} need a teacher, but none was given")
+        self.teacher_bn_mode = "eval"
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
 
+    def set_teacher_bn_mode(self, mode: str) -> None:
+        """How the teacher's BatchNorm layers run in training steps.
+
+        "eval" (default): with their running statistics, the teacher fully in eval mode.
+        "train": with the statistics of each batch, as the official CIFAR code of ReviewKD and TSKD
+        runs its teacher; unlike there, the running statistics (and ``num_batches_tracked``) never
+        change, so the teacher evaluates as it was loaded. Other layers (dropout) stay in eval mode.
+        """
+        if mode not in TEACHER_BN_MODES:
+            raise DistillerSetupError(
+                f"teacher.bn_mode must be one of {', '.join(TEACHER_BN_MODES)}, got {mode!r}"
+            )
+        self.teacher_bn_mode = mode
+        if self.teacher is not None:
+            for module in self.teacher.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    # Not tracking: a BatchNorm in train mode then normalises with the batch's
+                    # statistics and leaves its buffers alone; in eval mode it still uses them.
+                    module.track_running_stats = mode == "eval"
+        self.train(self.training)
+
     # -- the contract ----------------------------------------------------------------------------
     def train(self, mode: bool = True) -> Distiller:
-        """Train/eval mode for the student and extra modules; the teacher always stays in eval."""
+        """Train/eval mode for the student and extra modules; the teacher stays in eval mode (in
+        training with its BatchNorm layers in train mode when ``teacher_bn_mode`` is "train")."""
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()
+            if mode and self.teacher_bn_mode == "train":
+                for module in self.teacher.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.train()
         return self
 
     def needs_teacher(self) -> bool:

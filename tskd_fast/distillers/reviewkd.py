@@ -5,7 +5,10 @@ feature go through the ABF review stack (tskd_fast.nn.ReviewKDFusion, trained wi
 in its own parameter group, wrapped in DDP like it and checkpointed); each output is compared with
 the teacher's pre-ReLU feature of the same level by the hierarchical context loss (term ``hcl``):
 
-    loss = CE + lambda * min(1, epoch / warmup_epochs) * HCL      (epoch 0-based, as the official code)
+    loss = CE + lambda * min(1, epoch / W) * HCL      (epoch 0-based, as the official code)
+
+with a warmup of W = ``warmup`` x epochs (default 20/240: the official 20 epochs of 240, so a short
+run warms up over the same share of its length) or W = ``warmup_epochs`` when that is set.
 
 lambda is ``distiller.terms.hcl`` (per pair in configs/*/reviewkd/); KD or DTD+KA terms combine
 by weight (``distiller.terms.kd=0.9``). The layout is derived from the two models' stage channels,
@@ -29,6 +32,10 @@ from tskd_fast.ops import BACKENDS
 from tskd_fast.schema import Field, non_negative, positive
 
 STUDENT_KEY, TEACHER_KEY = "review_student", "review_teacher"
+
+
+def _fraction_of_run(value: float) -> str | None:
+    return None if 0.0 <= value <= 1.0 else f"must be a fraction of the run in [0, 1], got {value}"
 
 
 def _levels(value: list[int]) -> str | None:
@@ -65,10 +72,18 @@ class HCLTerm(LossTerm):
 
 
 OPTIONS = {
-    "warmup_epochs": Field(
-        20.0,
+    "warmup": Field(
+        20 / 240,
         float,
-        "HCL weight factor min(1, epoch / warmup_epochs), epoch 0-based; 0: none",
+        "HCL weight factor min(1, epoch / (warmup * epochs)), epoch 0-based; a fraction of the run "
+        "(the official 20 of 240 epochs); 0: none",
+        check=_fraction_of_run,
+    ),
+    "warmup_epochs": Field(
+        None,
+        float,
+        "the warmup in epochs instead (min(1, epoch / warmup_epochs); 0: none); null: use warmup",
+        nullable=True,
         check=non_negative,
     ),
     "student_preact": Field(
@@ -97,6 +112,13 @@ def feature_levels(feats: FeatureDict, preact: bool) -> list[Tensor]:
 def warmup_factor(epoch: int, warmup_epochs: float) -> float:
     """min(1, epoch / warmup_epochs) for a 0-based epoch; 1 without warmup."""
     return 1.0 if warmup_epochs <= 0 else min(1.0, epoch / warmup_epochs)
+
+
+def warmup_length(options: Mapping[str, Any], num_epochs: int) -> float:
+    """The HCL warmup of a run of ``num_epochs`` in epochs: ``warmup_epochs`` when set, else the
+    fraction ``warmup`` of the run (20/240 of 240 epochs is the official 20)."""
+    absolute = options["warmup_epochs"]
+    return float(absolute) if absolute is not None else options["warmup"] * num_epochs
 
 
 class ReviewKDDistiller(Distiller):
@@ -135,7 +157,7 @@ class ReviewKDDistiller(Distiller):
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         if "hcl" in self.term_factors:
-            self.term_factors["hcl"] = warmup_factor(epoch, self.options["warmup_epochs"])
+            self.term_factors["hcl"] = warmup_factor(epoch, warmup_length(self.options, num_epochs))
 
     def run_extras(self, image: Tensor, outputs: StepOutputs) -> dict[str, Any]:
         if self.fusion is None:
@@ -172,4 +194,4 @@ register_method(
     )
 )
 
-__all__ = ["HCLTerm", "OPTIONS", "ReviewKDDistiller", "feature_levels", "warmup_factor"]
+__all__ = ["HCLTerm", "OPTIONS", "ReviewKDDistiller", "feature_levels", "warmup_factor", "warmup_length"]

@@ -60,6 +60,13 @@ OPTIONS = {
         "distance between consecutive memory/review points, as a fraction of the run (reference: 5/240)",
         check=_fraction,
     ),
+    "period_epochs": Field(
+        None,
+        int,
+        "the distance in epochs instead (the reference: 5); null: use period",
+        nullable=True,
+        check=_at_least_one,
+    ),
     "memory_points": Field(
         3, int, "memory points (student snapshots) before each review point", check=_at_least_one
     ),
@@ -105,15 +112,20 @@ OPTIONS = {
 class ReviewSchedule:
     """Memory/review points as a fraction of the run.
 
-    A point every ``period_epochs(num_epochs) = max(1, round(period * num_epochs))`` epochs,
+    A point every ``period_epochs(num_epochs) = max(1, round(period * num_epochs))`` epochs (or
+    every ``absolute`` epochs when given),
     starting at epoch 0; point k is memory point ``k mod (memory_points + 1)`` or, when that equals
     memory_points, a review point. Other epochs are general (CE + KD only).
     """
 
     period: float
     memory_points: int = 3
+    absolute: int | None = None
 
     def period_epochs(self, num_epochs: int) -> int:
+        """Epochs between points: ``absolute`` when set, else the fraction ``period`` of the run."""
+        if self.absolute is not None:
+            return self.absolute
         return max(1, round(self.period * num_epochs))
 
     def phase(self, epoch: int, num_epochs: int) -> tuple[str, int]:
@@ -198,7 +210,7 @@ class TSKDDistiller(Distiller):
             attention_norm=opts["attention_norm"],
             backend=opts["backend"],
         )
-        self.schedule = ReviewSchedule(opts["period"], opts["memory_points"])
+        self.schedule = ReviewSchedule(opts["period"], opts["memory_points"], opts["period_epochs"])
         self.review_weight = float(opts["review_weight"])
         # The snapshots: copies of the student architecture, weights copied in at memory points.
         self.snapshots = nn.ModuleList(copy.deepcopy(student) for _ in range(opts["memory_points"]))

@@ -45,5 +45,8 @@ def needs_teacher(cfg: Mapping[str, Any]) -> bool:
 
 
 def build_distiller(cfg: Mapping[str, Any], student: nn.Module, teacher: nn.Module | None) -> Distiller:
-    """The method's Distiller over ``student`` and the frozen ``teacher``."""
-    return build_from_config(student, teacher, cfg["distiller"])
+    """The method's Distiller over ``student`` and the frozen ``teacher`` (its BatchNorm mode
+    ``teacher.bn_mode``)."""
+    distiller = build_from_config(student, teacher, cfg["distiller"])
+    distiller.set_teacher_bn_mode(cfg["teacher"]["bn_mode"])
+    return distiller

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from tskd_fast.data.transforms import normalisation_problem
+from tskd_fast.distillers.base import TEACHER_BN_MODES
 from tskd_fast.errors import ConfigError
 from tskd_fast.schema import (
     Field,
@@ -110,6 +112,13 @@ def base_schema() -> Section:
                 None, int, "use a fixed random subset of the test set", nullable=True, check=positive
             ),
             "augment": Field(True, bool, "standard training augmentation (random crop + flip)"),
+            "normalize": Field(
+                None,
+                object,
+                "input normalisation: cifar100 | cifar10 | imagenet | [mean, std]; null: the dataset's own",
+                nullable=True,
+                check=normalisation_problem,
+            ),
         },
         "student": {"name": Field(None, str, "student model (tskd_fast.models)", required=True)},
         "teacher": {
@@ -117,6 +126,13 @@ def base_schema() -> Section:
             "checkpoint": Field(None, str, "trained teacher weights (.pth)", nullable=True),
             "train": Field(
                 False, bool, "no checkpoint: train the teacher first (cached in <output_dir>/teacher)"
+            ),
+            "bn_mode": Field(
+                "eval",
+                str,
+                "teacher BatchNorm while distilling: eval (running statistics) or train (batch statistics, as "
+                "the official ReviewKD / TSKD CIFAR code; the running statistics stay unchanged)",
+                choices=TEACHER_BN_MODES,
             ),
             "solver": _partial(_solver_section()),
         },
