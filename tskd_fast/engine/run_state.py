@@ -61,7 +61,9 @@ class TrainState:
     epoch: training epochs done; history: one log row per epoch done; best_top1 / teacher_top1:
     test top-1 (%) of the best epoch and of the teacher (None: not measured); wall_s: training
     time of every invocation so far; phase_done: passes of the distiller's extra phase done before
-    epoch ``epoch`` (0 after an epoch); phase_history: one log row per phase pass.
+    epoch ``epoch`` (0 after an epoch); phase_history: one log row per phase pass; peak_memory:
+    the highest peak memory of the run's invocations in bytes (``peak_memory.PeakMemory``), None
+    when unknown.
     """
 
     epoch: int = 0
@@ -71,6 +73,7 @@ class TrainState:
     wall_s: float = 0.0
     phase_done: int = 0
     phase_history: list[dict[str, Any]] = field(default_factory=list)
+    peak_memory: int | None = None
 
     @classmethod
     def from_checkpoint(cls, state: Mapping[str, Any]) -> TrainState:
@@ -82,6 +85,7 @@ class TrainState:
             wall_s=state.get("wall_s", 0.0),
             phase_done=int(state.get("phase_done", 0)),
             phase_history=list(state.get("phase_history", [])),
+            peak_memory=state.get("peak_memory"),
         )
 
     def end_epoch(self, row: dict[str, Any]) -> bool:
@@ -93,6 +97,11 @@ class TrainState:
         if improved:
             self.best_top1 = row["test_top1"]
         return improved
+
+    def note_peak_memory(self, peak: int | None) -> None:
+        """Keep the highest peak seen (``peak`` in bytes, None when unknown)."""
+        if peak is not None and (self.peak_memory is None or peak > self.peak_memory):
+            self.peak_memory = peak
 
 
 def gather_rng(ctx: DistContext) -> list[dict[str, Any]]:
@@ -137,6 +146,7 @@ def save_checkpoint(
         "world_size": world_size,
         "phase_done": run.phase_done,
         "phase_history": run.phase_history,
+        "peak_memory": run.peak_memory,
     }
     ckpt.atomic_save(state, os.path.join(run_dir, ckpt.CHECKPOINT))
     if improved:
@@ -169,6 +179,8 @@ def save_final(run_dir: str, cfg: Mapping[str, Any], distiller: Distiller, run: 
         "test_top5": last.get("test_top5"),
         "best_test_top1": max((r["test_top1"] for r in run.history), default=None),
         "teacher_top1": run.teacher_top1,
+        "wall_s": run.wall_s,
+        "peak_memory_bytes": run.peak_memory,
     }
     ckpt.atomic_text(json.dumps(results, indent=2) + "\n", os.path.join(run_dir, "results.json"))
 
@@ -194,6 +206,12 @@ class RunResult:
     teacher_top1: float | None
     wall_s: float
     reused: bool = False
+    peak_memory: int | None = None
+
+    @property
+    def seconds_per_epoch(self) -> float | None:
+        """Wall time per epoch done (search phases and evaluation included)."""
+        return self.wall_s / self.epochs_done if self.epochs_done else None
 
     @property
     def finished(self) -> bool:
@@ -218,6 +236,7 @@ class RunResult:
             teacher_top1=run.teacher_top1,
             wall_s=run.wall_s,
             reused=reused,
+            peak_memory=run.peak_memory,
         )
 
 

@@ -33,6 +33,7 @@ from tskd_fast.engine.loader_pass import phase_key, run_pass
 from tskd_fast.engine.logs import TensorBoardLog, say
 from tskd_fast.engine.normalisation import normalisation_of
 from tskd_fast.engine.optim import build_optimizer, build_scheduler
+from tskd_fast.engine.peak_memory import PeakMemory
 from tskd_fast.engine.rng import restore_rng
 from tskd_fast.engine.run_state import (
     Optimisation,
@@ -174,9 +175,12 @@ class Trainer:
             rng = state["rng"]
             restore_rng(rng[ctx.rank] if len(rng) == ctx.world_size else rng[0])
         wall_before = run.wall_s
+        memory = PeakMemory(self.device)
+        memory.reset()
 
         def checkpoint(improved: bool) -> None:
             run.wall_s = wall_before + time.time() - start_time
+            run.note_peak_memory(memory.peak())
             rng = gather_rng(ctx)
             if ctx.is_main:
                 save_checkpoint(self.run_dir, self.cfg, d, optim, run, rng, ctx.world_size, improved)
