@@ -5,5 +5,7 @@ Modules: ``config`` (YAML + overrides -> validated dict, over ``tskd_fast.schema
 pass over the training loader, for epochs and phase passes), ``evaluation`` (test accuracy),
 ``run_state`` (what a checkpoint holds and the files written from it), ``run_dir`` (start, resume
 or reuse a run folder), ``checkpoint`` (atomic files), ``distributed``, ``amp``, ``optim``,
-``rng``, ``logs``, ``normalisation``, ``build`` (config -> models and distiller).
+``rng``, ``logs``, ``normalisation``, ``peak_memory``, ``build`` (config -> models and distiller),
+and the commands beside training: ``checkpoint_eval`` (``tskd-fast eval``) and ``compare``
+(``tskd-fast compare``).
 """
