@@ -108,3 +108,19 @@ def test_matplotlib_bar_chart(tmp_path):
 def test_bar_chart_bad_input(tmp_path, bars, backend, match):
     with pytest.raises(ValueError, match=match):
         bar_chart(str(tmp_path / "c.png"), bars, "t", backend=backend)
+
+
+def test_peak_memory_of_a_run_on_the_cpu_follows_what_it_allocates():
+    import torch
+
+    from tskd_fast.engine.peak_memory import PeakMemory
+
+    memory = PeakMemory(torch.device("cpu"))
+    memory.reset()
+    before = memory.peak()
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, every page written
+    after = memory.peak()
+    del block
+    assert before is not None and after - before >= 48 * 2**20
+    memory.reset()  # back to the resident set of now, which no longer holds the block
+    assert memory.peak() < after
