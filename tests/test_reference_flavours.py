@@ -198,6 +198,8 @@ def test_tskd_configs_use_the_reference_flavour():
         solver = cfg["solver"]
         assert (solver["batch_size"], solver["nesterov"], solver["weight_decay"]) == (128, True, 5e-4), path
         assert solver["lr"] == (0.02 if small else 0.1), path
+        # train.py decays the lr after finishing epochs 150/180/210: from epoch 151 on (0-based).
+        assert solver["milestones"] == [151, 181, 211], path
 
 
 def test_tskd_points_match_the_official_schedule_as_fraction_or_epochs():
@@ -249,6 +251,7 @@ def test_reviewkd_configs_use_the_reference_flavour():
         assert cfg["teacher"]["bn_mode"] == "train" and cfg["dataset"]["normalize"] == "cifar10", path
         assert cfg["distiller"]["reviewkd"]["warmup"] * 240 == pytest.approx(20), path
         assert (cfg["solver"]["batch_size"], cfg["solver"]["nesterov"]) == (128, True), path
+        assert cfg["solver"]["milestones"] == [151, 181, 211], path
 
 
 # -- TST: apply probabilities, magnitude signs, loss weights -----------------------------------------
