@@ -24,7 +24,7 @@ from tskd_fast.bench.cases import FAMILIES  # noqa: E402
 from tskd_fast.bench.runner import Result, fused_backends, run_case  # noqa: E402
 from tskd_fast.bench.steps import StepResult, distilling_methods, run_method  # noqa: E402
 from tskd_fast.bench.timing import Plan  # noqa: E402
-from tskd_fast.engine.errors import UserError  # noqa: E402
+from tskd_fast.errors import UserError  # noqa: E402
 
 STEPS = "steps"
 DTYPES = {

@@ -62,6 +62,11 @@ class DTDKDLoss(nn.Module):
     ka="ps"), then the fused KD loss runs with them. The last batch's temperatures are kept in
     `last_temperature` for logging.
 
+    ka defaults to "ps", as the ``dtd_ka`` loss term: "Preparing Lessons" trains with knowledge
+    adjustment and dynamic temperatures together, and the probability shift is the adjustment that
+    keeps the teacher's distribution (a permutation of it) for the temperatures to soften, where LSR
+    replaces it. The labels are then required; ka="none" is DTD alone.
+
     forward(student_logits (B, C), teacher_logits (B, C), target (B,)) -> loss
     """
 
@@ -72,7 +77,7 @@ class DTDKDLoss(nn.Module):
         gamma: float = 2.0,
         mode: str = "flsw",
         min_temperature: float = 0.1,
-        ka: str = "none",
+        ka: str = "ps",
         lsr_p: float = 0.9,
         scale: str = "tau2",
         ce_weight: float = 0.0,

@@ -3,6 +3,9 @@
 A section is a ``dict`` mapping a key to a ``Field`` or to a nested section. ``resolve`` checks a
 user mapping against a section and returns a complete nested dict (defaults filled in); every
 problem is a ``ConfigError`` whose message names the dotted key and lists the valid choices.
+
+It sits below everything that declares options (the engine's sections, the datasets, the
+distillers and their loss terms), so none of them needs another to describe its keys.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
-from tskd_fast.engine.errors import ConfigError
+from tskd_fast.errors import ConfigError
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
 
@@ -21,7 +24,8 @@ _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a 
 class Field:
     """One config value.
 
-    type: bool, int, float, str or list (then ``item`` gives the element type).
+    type: bool, int, float, str or list (then ``item`` gives the element type), or object for a
+        value of several shapes (taken as YAML gives it; ``check`` validates it).
     nullable: None is allowed (and is the "not set" value of optional fields).
     choices: the allowed values, listed in the error message.
     check: extra validation, returns an error message (without the key) or None.
@@ -103,7 +107,9 @@ def coerce(field: Field, value: Any, key: str) -> Any:
         if field.nullable:
             return None
         raise ConfigError(f"{key} must be set (null is not allowed)")
-    if field.type is list:
+    if field.type is object:
+        out = value
+    elif field.type is list:
         if isinstance(value, tuple):
             value = list(value)
         if not isinstance(value, list):

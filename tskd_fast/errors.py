@@ -1,4 +1,8 @@
-"""Errors caused by the user's input, which the CLI reports as one line and exit code 2."""
+"""Errors caused by the user's input, which the CLI reports as one line and exit code 2.
+
+Shared by every layer that reads user input (config schema, data, models' checkpoints, methods,
+engine), so it depends on nothing.
+"""
 
 from __future__ import annotations
 
