@@ -6,6 +6,7 @@
 
 #include "tskd_fast/checks.h"
 #include "tskd_fast/fused_linear_kd_math.h"
+#include "tskd_fast/logits_checks.h"
 
 namespace tskd_fast {
 
@@ -20,9 +21,9 @@ void check_fused_linear_kd_rows_inputs(
   TORCH_CHECK(topk_ids.has_value() == topk_logprobs.has_value(), op,
               ": topk_ids and topk_logprobs go together");
   if (teacher.has_value()) {
-    check_logit_pair(student, *teacher, op);
+    check_logit_pair(student, *teacher);
   } else {
-    check_logit_pair(student, student, op);
+    check_logit_pair(student, student);
     const at::Tensor& ids = *topk_ids;
     const at::Tensor& lp = *topk_logprobs;
     TORCH_CHECK(ids.dim() == 2 && ids.size(0) == student.size(0), op,
@@ -45,7 +46,7 @@ void check_fused_linear_kd_rows_inputs(
   }
   TORCH_CHECK(student.stride(1) == 1 && student.stride(0) >= student.size(1), op,
               ": student logits must have unit column stride (they are overwritten in place)");
-  check_target(target, student, op);
+  check_target(target, student);
   TORCH_CHECK(divergence >= kForwardKl && divergence <= kTvd, op,
               ": divergence must be 0 (forward_kl) .. 5 (tvd), got ", divergence);
   if (divergence == kJsd) {

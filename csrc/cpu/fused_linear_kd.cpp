@@ -9,6 +9,7 @@
 #include "cpu/isa_dispatch.h"
 #include "tskd_fast/checks.h"
 #include "tskd_fast/fused_linear_kd_checks.h"
+#include "tskd_fast/logits_checks.h"
 
 namespace tskd_fast::cpu {
 namespace {
@@ -41,7 +42,7 @@ at::Tensor fused_linear_kd_rows_cpu(
   }
   if (target_in.has_value()) {
     target = target_in->contiguous();
-    check_labels_on_host(*target, classes, ignore_index, "tskd_fast::fused_linear_kd_rows");
+    check_labels_on_host(*target, classes, ignore_index);
   }
   const at::Tensor temperature = temperature_in.contiguous();
   if (temperature.scalar_type() == at::kDouble) {

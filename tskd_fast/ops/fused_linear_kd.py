@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from tskd_fast.ops import _extension
+from tskd_fast.ops.common import values_readable
 from tskd_fast.ops.fused_linear_kd_chunks import (
     Linear,
     RowOptions,
@@ -45,7 +46,6 @@ from tskd_fast.ops.fused_linear_kd_chunks import (
     run_chunks,
 )
 from tskd_fast.ops.fused_linear_kd_dtd import dtd_temperatures
-from tskd_fast.ops.kd_loss import _eager
 
 DIVERGENCES = {
     "forward_kl": 0,
@@ -336,7 +336,7 @@ def _scaled(grad: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     """grad * scale in `dtype`, rounded once from the product in scale's dtype (a float16 or
     bfloat16 dX is widened first, so the scale itself is never rounded); on the CPU, eagerly, grad
     itself when scale is 1."""
-    if grad.dtype == dtype and scale.device.type == "cpu" and _eager(scale) and scale.item() == 1.0:
+    if grad.dtype == dtype and scale.device.type == "cpu" and values_readable(scale) and scale.item() == 1.0:
         return grad
     out = torch.empty(grad.shape, dtype=dtype, device=grad.device)
     return torch.mul(grad.to(scale.dtype), scale, out=out)
