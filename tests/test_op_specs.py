@@ -2,11 +2,15 @@
 Triton op's schema is its C++ twin's, and the C++ checks (csrc/checks/) and the spec's Python
 check reject the same inputs with the same ValueError."""
 
+import dataclasses
+import importlib.util
+
 import pytest
 import torch
 
 from tests.conftest import kernel_backends
 from tskd_fast.ops import SPECS, op_for
+from tskd_fast.ops.library import define_triton
 
 BACKENDS = kernel_backends()
 HAS_CPP = "cpu" in BACKENDS
@@ -39,11 +43,17 @@ def test_every_cpp_op_has_a_spec_and_the_same_schema():
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="triton cannot run here")
 def test_every_triton_op_has_its_cpp_twins_schema():
-    for name in SPECS:
+    # Every family's Triton module, listed in its spec or not: define_triton refuses a spec whose
+    # `kernels` leaves "triton" out, so a Triton op cannot exist unchecked.
+    for family in sorted({spec.family for spec in SPECS.values()}):
+        if importlib.util.find_spec(f"tskd_fast.ops.triton.{family}") is not None:
+            importlib.import_module(f"tskd_fast.ops.triton.{family}")
+    with_triton = {name: spec for name, spec in SPECS.items() if "triton" in spec.kernels}
+    for name in with_triton:
         op_for("triton", name)  # defines the family's Triton ops
     triton_ops = {name for name in _registered_ops() if name.endswith("_triton")}
-    assert triton_ops == {spec.triton_name for spec in SPECS.values()}
-    for name, spec in SPECS.items():
+    assert triton_ops == {spec.triton_name for spec in with_triton.values()}
+    for name, spec in with_triton.items():
         triton = getattr(torch.ops.tskd_fast, spec.triton_name).default._schema
         declared = torch._C.parse_schema(f"{spec.qualname}{spec.schema}")
         assert _signature(triton) == _signature(declared), name
@@ -57,6 +67,14 @@ def test_every_spec_is_complete():
         if spec.autograd is not None and spec.autograd.backward_op is not None:
             assert spec.autograd.backward_op in SPECS, name
         assert spec.differentiable or spec.autograd is None, name
+        assert spec.kernels == ("python",) or set(spec.kernels) <= {"cpp", "triton"}, name
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="tskd_fast._C is not built")
+def test_every_cpp_spec_has_a_cpu_kernel_and_every_python_op_none():
+    for name, spec in SPECS.items():
+        has_cpu = torch._C._dispatch_has_kernel_for_dispatch_key(spec.qualname, "CPU")
+        assert has_cpu == ("cpp" in spec.kernels), name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,8 +212,62 @@ def _hcl_cases():
     ]
 
 
+def _fused_linear_kd_rows_cases():
+    s, t = _logits()
+    y = torch.randint(0, 11, (5,))
+    tau = torch.full((5,), 2.0)
+    top = torch.log_softmax(t, dim=1).topk(3, dim=1)
+    ids, lp = top.indices, top.values
+    names = ["student", "teacher", "topk_ids", "topk_logprobs", "target", "temperature", "divergence"]
+    names += ["beta", "ka", "lsr_p", "scale_tau2", "ce_weight", "ignore_index", "compute_grad", "grad_scale"]
+    base = dict(
+        zip(names, [s, t, None, None, y, tau, 2, 0.5, 1, 0.9, True, 0.5, -100, True, 1.0], strict=True)
+    )
+    topk = dict(teacher=None, topk_ids=ids, topk_logprobs=lp, ka=0)
+
+    def case(**change):
+        args = dict(base)
+        args.update(change)
+        # the op writes over the student logits: each case gets its own
+        student = args["student"]
+        args["student"] = student.clone() if student.dim() == 2 and student.stride(1) == 1 else student
+        return ("fused_linear_kd_rows", tuple(args.values()))
+
+    return [
+        case(topk_ids=ids, topk_logprobs=lp),
+        case(teacher=None),
+        case(teacher=None, topk_ids=ids, ka=0),
+        case(student=s[0], teacher=t[0]),
+        case(teacher=t[:, :3]),
+        case(student=s.long(), teacher=t.long()),
+        case(student=s.t().contiguous().t(), teacher=t.t().contiguous().t()),
+        case(**topk, student=s[:, :2]),
+        case(**dict(topk, topk_ids=ids[:2], topk_logprobs=lp[:2])),
+        case(**dict(topk, topk_ids=ids.int())),
+        case(**dict(topk, topk_logprobs=lp[:, :2])),
+        case(**dict(topk, topk_logprobs=lp.double())),
+        case(**dict(topk, ka=2)),
+        case(target=y[:3]),
+        case(divergence=6),
+        case(beta=1.0),
+        case(divergence=3, beta=-0.5),
+        case(ka=3),
+        case(target=None, ka=0),
+        case(lsr_p=1.5),
+        case(ce_weight=float("inf")),
+        case(grad_scale=float("nan")),
+        case(temperature=tau[:2]),
+        case(temperature=tau.double()),
+        case(target=torch.tensor([0, 1, 2, 11, 3])),
+        case(**dict(topk, topk_ids=torch.where(ids == ids[1, 2], 11, ids))),
+        case(**dict(topk, topk_ids=torch.cat([ids[:, :2], ids[:, :1]], dim=1))),
+        case(temperature=torch.tensor([1.0, 1.0, 1.0, 1.0, -2.0])),
+    ]
+
+
 CASES = (
     [("kd_loss", a) for a in _kd_loss_cases()]
+    + _fused_linear_kd_rows_cases()
     + _dtd_cases()
     + _convlstm_cases()
     + _abf_cases()
@@ -314,3 +386,11 @@ def test_cpp_autograd_and_the_spec_formula_give_identical_gradients(name, args, 
     assert len(cpp) == len(python_flat)
     for a, b in zip(cpp, python_flat, strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_triton_op_needs_its_spec_to_list_it():
+    """define_triton refuses a spec whose `kernels` leaves "triton" out, so that every Triton op is
+    covered by the schema test above."""
+    spec = dataclasses.replace(SPECS["kd_loss"], kernels=("cpp",))
+    with pytest.raises(ValueError, match="does not list a Triton kernel"):
+        define_triton(spec, lambda *args: None)

@@ -488,7 +488,7 @@ def fused_linear_kd(
     dtd_min_temperature: float = 0.1,
 ) -> torch.Tensor:
     """KD loss of a language model's next-token distributions, fused with both lm_head matmuls:
-    the (N, V) logits are never materialised (docs/methods.md §5, docs/fused-linear-kd.md).
+    the (N, V) logits are never materialised (docs/methods.md §5; implementation notes §5.5).
 
     Per row n (a token position): t = teacher_hidden W_t^T + b_t and s = student_hidden W_s^T + b_s
     over the first V = vocab_size columns; p = softmax(t / tau) after knowledge adjustment (the

@@ -33,27 +33,4 @@ void check_kd_loss_inputs(const at::Tensor& student, const at::Tensor& teacher,
                     temperature.device(), " but student_logits is on ", student.device());
 }
 
-namespace {
-
-template <typename T>
-void check_temperature_values(const at::Tensor& temperature) {
-  const T* t = temperature.const_data_ptr<T>();
-  const int64_t stride = temperature.stride(0);
-  for (int64_t n = 0; n < temperature.size(0); ++n) {
-    const T value = t[n * stride];
-    TORCH_CHECK_VALUE(value > T(0) && std::isfinite(value),
-                      "temperature must be finite and > 0, got temperature[", n, "] = ", value);
-  }
-}
-
-}  // namespace
-
-void check_temperatures_on_host(const at::Tensor& temperature) {
-  if (temperature.scalar_type() == at::kDouble) {
-    check_temperature_values<double>(temperature);
-  } else {
-    check_temperature_values<float>(temperature);
-  }
-}
-
 }  // namespace tskd_fast

@@ -1,5 +1,7 @@
 #include <c10/util/Exception.h>
 
+#include <cmath>
+
 #include "tskd_fast/checks.h"
 #include "tskd_fast/logits_checks.h"
 
@@ -64,6 +66,29 @@ void check_ka(int64_t ka, const std::optional<at::Tensor>& target) {
   TORCH_CHECK_VALUE(ka >= 0 && ka <= 2, "ka must be 0 (none), 1 (ps) or 2 (lsr), got ", ka);
   TORCH_CHECK_VALUE(target.has_value() || ka == 0, "ka=", ka, ka == 1 ? " (ps)" : " (lsr)",
                     " needs target labels, but target is None");
+}
+
+namespace {
+
+template <typename T>
+void check_temperature_values(const at::Tensor& temperature) {
+  const T* t = temperature.const_data_ptr<T>();
+  const int64_t stride = temperature.stride(0);
+  for (int64_t n = 0; n < temperature.size(0); ++n) {
+    const T value = t[n * stride];
+    TORCH_CHECK_VALUE(value > T(0) && std::isfinite(value),
+                      "temperature must be finite and > 0, got temperature[", n, "] = ", value);
+  }
+}
+
+}  // namespace
+
+void check_temperatures_on_host(const at::Tensor& temperature) {
+  if (temperature.scalar_type() == at::kDouble) {
+    check_temperature_values<double>(temperature);
+  } else {
+    check_temperature_values<float>(temperature);
+  }
 }
 
 }  // namespace tskd_fast

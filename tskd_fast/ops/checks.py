@@ -8,6 +8,8 @@ same whichever backend rejects it; numbers as C++ streams print them ("{:g}").
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from tskd_fast.ops.common import opmath_dtype
@@ -115,6 +117,16 @@ def check_labels(target: torch.Tensor, classes: int, ignore_index: int) -> None:
             f"target[{index}] = {int(target[index])} is out of range: labels must be in [0, {classes}) "
             f"or equal ignore_index ({ignore_index})"
         )
+
+
+def check_temperature_values(temperature: torch.Tensor) -> None:
+    """Every temperature finite and > 0 (reads the values: CPU tensors)."""
+    low, high = (float(v) for v in torch.aminmax(temperature))  # NaN fails both ends
+    if low > 0 and high < math.inf:
+        return
+    ok = (temperature > 0) & torch.isfinite(temperature)
+    index = int((~ok).nonzero()[0, 0])
+    fail(f"temperature must be finite and > 0, got temperature[{index}] = {num(float(temperature[index]))}")
 
 
 def opmath_of(student: torch.Tensor) -> torch.dtype:

@@ -99,14 +99,7 @@ def check_kd_loss_values(
     """Labels in range and temperatures finite and > 0 (CPU tensors; reads them)."""
     if target is not None:
         checks.check_labels(target, student.shape[1], ignore_index)
-    low, high = (float(v) for v in torch.aminmax(temperature))  # NaN fails both ends
-    if low > 0 and high < math.inf:
-        return
-    ok = (temperature > 0) & torch.isfinite(temperature)
-    index = int((~ok).nonzero()[0, 0])
-    checks.fail(
-        f"temperature must be finite and > 0, got temperature[{index}] = {checks.num(float(temperature[index]))}"
-    )
+    checks.check_temperature_values(temperature)
 
 
 def kd_loss_setup_context(ctx, inputs, output) -> None:

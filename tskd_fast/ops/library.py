@@ -7,6 +7,8 @@
   check before the kernel, its fake kernel and its autograd formula, with the backward op taken
   from the same backend. They are defined when the Triton backend is first used (importing
   tskd_fast.ops.triton.<family>, which calls `define_triton`).
+- The ops written in Python over other ops (kernels=("python",), such as a chunked driver) are
+  defined from their spec by `define_python`: one op for every backend.
 - `op_for(backend, name)` gives a backend's op; `call(spec, backend, args)` calls it: an eager call
   of a C++ op through its entry point in tskd_fast._C, an eager Triton call through a light
   autograd.Function over the spec's formula (torch.library's generic autograd wrapper rebuilds the
@@ -22,7 +24,7 @@ import torch
 from torch._library.autograd import supports_tensorlist
 
 from tskd_fast.ops import _extension
-from tskd_fast.ops.common import device_guard
+from tskd_fast.ops.common import device_guard, values_readable
 from tskd_fast.ops.spec import OpSpec
 
 SPECS: dict[str, OpSpec] = {}
@@ -33,7 +35,7 @@ _EAGER: dict[str, type[torch.autograd.Function]] = {}
 def declare(spec: OpSpec) -> OpSpec:
     """Record `spec`; when the extension is loaded, give its C++ op the spec's fake kernel."""
     SPECS[spec.name] = spec
-    if _extension.has_cpu_kernels():
+    if "cpp" in spec.kernels and _extension.has_cpu_kernels():
         torch.library.register_fake(spec.qualname, _checked_fake(spec))
     return spec
 
@@ -64,6 +66,8 @@ def _first_tensor(args) -> torch.Tensor:
 def define_triton(spec: OpSpec, impl: Callable) -> Callable:
     """Define torch.ops.tskd_fast.<name>_triton from `spec` and `impl` (the launch on checked
     inputs, called on the inputs' CUDA device); returns its OpOverload."""
+    if "triton" not in spec.kernels:
+        raise ValueError(f"the spec of {spec.name} does not list a Triton kernel (OpSpec.kernels)")
 
     def checked(*args):
         if spec.check is not None:
@@ -71,12 +75,44 @@ def define_triton(spec: OpSpec, impl: Callable) -> Callable:
         with device_guard(_first_tensor(args)):
             return impl(*args)
 
-    checked.__name__ = spec.triton_name
+    return _define(spec, spec.triton_name, checked, ("cuda", "cpu"), "triton")
+
+
+def define_python(spec: OpSpec, impl: Callable) -> Callable:
+    """Define torch.ops.tskd_fast.<name> from `spec` (kernels=("python",)) and `impl`, an op written
+    in Python over other ops: the spec's check, and its value check on tensors whose values may
+    be read (common.values_readable), run before impl; the fake kernel and the autograd formula
+    are the spec's, the backward op the spec's backward_op. The one op of every backend; returns
+    its OpOverload."""
+    if spec.kernels != ("python",):
+        raise ValueError(f"the spec of {spec.name} does not say it is written in Python (OpSpec.kernels)")
+
+    def checked(*args):
+        if spec.check is not None:
+            spec.check(*args)
+        if spec.check_values is not None and values_readable(_first_tensor(args)):
+            spec.check_values(*args)
+        return impl(*args)
+
+    return _define(spec, spec.name, checked, None, "python")
+
+
+def _mutated_args(spec: OpSpec) -> tuple[str, ...]:
+    """The arguments the spec's schema writes in place (`Tensor(a!) x`), as custom_op's
+    mutates_args."""
+    parsed = torch._C.parse_schema(f"{spec.qualname}{spec.schema}")
+    return tuple(a.name for a in parsed.arguments if a.alias_info is not None and a.alias_info.is_write)
+
+
+def _define(spec: OpSpec, name: str, checked: Callable, device_types, backend: str) -> Callable:
+    """torch.ops.tskd_fast.<name> from the spec's schema running `checked`, with the spec's fake
+    kernel and autograd formula (its backward op taken from `backend`); its OpOverload."""
+    checked.__name__ = name
     op = torch.library.custom_op(
-        f"tskd_fast::{spec.triton_name}",
+        f"tskd_fast::{name}",
         checked,
-        mutates_args=(),
-        device_types=("cuda", "cpu"),
+        mutates_args=_mutated_args(spec),
+        device_types=device_types,
         schema=spec.schema,
     )
     op.register_fake(_checked_fake(spec))
@@ -85,14 +121,14 @@ def define_triton(spec: OpSpec, impl: Callable) -> Callable:
         backward_op = formula.backward_op
 
         def setup_context(ctx, inputs, output):
-            ctx.backward_op = op_for("triton", backward_op) if backward_op else None
+            ctx.backward_op = op_for(backend, backward_op) if backward_op else None
             formula.setup_context(ctx, inputs, output)
 
         op.register_autograd(formula.backward, setup_context=setup_context)
     elif not spec.differentiable:
         op.register_autograd(_no_gradient, setup_context=_outputs_without_gradient)
-    overload = getattr(torch.ops.tskd_fast, spec.triton_name).default
-    _OPS[("triton", spec.name)] = overload
+    overload = getattr(torch.ops.tskd_fast, name).default
+    _OPS[(backend, spec.name)] = overload
     return overload
 
 
@@ -106,16 +142,22 @@ def _no_gradient(ctx, *grads):
 
 
 def op_for(backend: str, name: str) -> Callable:
-    """The op `name` of a resolved backend ("cpu", "cuda" or "triton")."""
+    """The op `name` of a resolved backend ("cpu", "cuda" or "triton"; an op written in Python is
+    the same op for all)."""
     key = (backend, name)
     op = _OPS.get(key)
     if op is None:
-        if backend == "triton":
-            importlib.import_module(f"tskd_fast.ops.triton.{SPECS[name].family}")  # defines it
+        spec = SPECS[name]
+        if spec.kernels == ("python",):
+            op = _OPS[("python", name)]
+        elif backend == "triton":
+            if "triton" not in spec.kernels:
+                raise ValueError(f"{name} has no Triton op")
+            importlib.import_module(f"tskd_fast.ops.triton.{spec.family}")  # defines it
             op = _OPS[key]
         else:
             op = getattr(torch.ops.tskd_fast, name).default
-            _OPS[key] = op
+        _OPS[key] = op
     return op
 
 
@@ -174,7 +216,7 @@ def call(spec: OpSpec, backend: str, args: tuple):
     tskd_fast._C (autograd is C++ too, so the call and its backward never enter Python again); an
     eager Triton call that needs a gradient takes the light autograd.Function; a traced call
     (torch.compile, export, opcheck) the op itself with its registered autograd."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or spec.kernels == ("python",):
         return op_for(backend, spec.name)(*args)
     if backend != "triton":
         entry = _ENTRIES.get(spec.name, False)

@@ -6,7 +6,8 @@ A spec is everything about an op that does not depend on the backend:
                csrc/cpu/<family>.cpp, ...)
     schema     the signature, "(Tensor student, ...) -> (Tensor loss, ...)"; the C++ op defines
                the same in csrc/ops.cpp (tests/test_op_specs.py checks that they agree) and the
-               Triton op `<name>_triton` is defined from this one
+               Triton op `<name>_triton` is defined from this one; an argument the op writes in
+               place is annotated `Tensor(a!)`
     fake       the fake (meta) kernel: outputs of the right shape, dtype, device and layout
     check      the Python argument check, raising ValueError that names the argument (the C++
                ops raise the same words from csrc/checks/<family>.cpp); reads no tensor values
@@ -18,6 +19,12 @@ A spec is everything about an op that does not depend on the backend:
                False for ops whose outputs have no gradient by definition (weights, temperatures):
                their outputs never require grad (the C++ ops fall through autograd); an op that is
                differentiable but has no formula (a backward op) fails when differentiated
+    kernels    where the op's implementations come from: "cpp" the C++ op (csrc/ops.cpp; its CPU
+               kernel and, when built, its CUDA one), "triton" the Triton op that
+               tskd_fast/ops/triton/<family>.py defines from the spec (`define_triton` refuses a
+               spec that does not list it); or ("python",) alone: an op written once in Python
+               over other ops, such as a chunked driver around the matmuls, which
+               `library.define_python` defines from the spec for every backend
 
 tskd_fast.ops.library turns the specs into ops: it registers the fake kernels of the C++ ops
 (whose autograd is C++, csrc/autograd/<family>.cpp), defines the Triton ops with their check,
@@ -58,6 +65,7 @@ class OpSpec:
     check_values: Callable | None = None
     autograd: Autograd | None = None
     differentiable: bool = True
+    kernels: tuple[str, ...] = ("cpp", "triton")
 
     @property
     def qualname(self) -> str:

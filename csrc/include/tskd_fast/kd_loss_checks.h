@@ -19,7 +19,4 @@ void check_kd_loss_inputs(const at::Tensor& student, const at::Tensor& teacher,
                           int64_t ka, double lsr_p, double ce_weight, double grad_scale,
                           int64_t reduction);
 
-// Every temperature finite and > 0, read on the host (CPU tensors).
-void check_temperatures_on_host(const at::Tensor& temperature);
-
 }  // namespace tskd_fast

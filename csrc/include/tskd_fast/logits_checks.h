@@ -5,7 +5,8 @@
 #include <optional>
 
 // The checks and kernel views of a (student, teacher) pair of logit rows with optional labels,
-// shared by the ops over logits (kd_loss, dtd_weight, dtd_temperature) on the CPU and CUDA.
+// shared by the ops over logits (kd_loss, dtd_weight, dtd_temperature, fused_linear_kd_rows) on
+// the CPU and CUDA.
 namespace tskd_fast {
 
 // student/teacher: (B, C) logits of one kernel dtype (float64 on the CPU only) on one device;
@@ -31,5 +32,7 @@ KernelLogits kernel_logits(const at::Tensor& student, const at::Tensor& teacher,
 // Labels in [0, classes) or ignore_index, read on the host: for CPU targets (CUDA kernels assert
 // on the device instead of synchronising).
 void check_labels_on_host(const at::Tensor& target, int64_t classes, int64_t ignore_index);
+// Every per-row temperature finite and > 0, read on the host (CPU tensors).
+void check_temperatures_on_host(const at::Tensor& temperature);
 
 }  // namespace tskd_fast
