@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from tskd_fast.ops.common import opmath_dtype
-
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -115,7 +113,3 @@ def check_labels(target: torch.Tensor, classes: int, ignore_index: int) -> None:
             f"target[{index}] = {int(target[index])} is out of range: labels must be in [0, {classes}) "
             f"or equal ignore_index ({ignore_index})"
         )
-
-
-def opmath_of(student: torch.Tensor) -> torch.dtype:
-    return opmath_dtype(student.dtype)

@@ -1,5 +1,5 @@
-"""Launch-time helpers shared by the Triton ops: the interpreter, and the error flag through which
-the kernels report a bad value."""
+"""Launch-time helpers shared by the Triton ops: the interpreter, the kernels' compute type, and the
+error flag through which the kernels report a bad value."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import triton.language as tl
+
+from tskd_fast.ops.common import opmath_dtype
 
 
 def runs_in_interpreter(kernel) -> bool:
@@ -26,6 +29,12 @@ def quiet_interpreter(interpreted: bool) -> contextlib.AbstractContextManager:
     they do on the GPU, where nobody warns; in the interpreter each would print a RuntimeWarning.
     """
     return np.errstate(all="ignore") if interpreted else contextlib.nullcontext()
+
+
+def opmath_tl(dtype: torch.dtype) -> tl.dtype:
+    """The Triton type the kernels compute in for inputs of `dtype` (the ACC constexpr):
+    tskd_fast.ops.common.opmath_dtype as a Triton type."""
+    return tl.float64 if opmath_dtype(dtype) == torch.float64 else tl.float32
 
 
 def check_device_runs_triton(t: torch.Tensor, interpreted: bool) -> None:

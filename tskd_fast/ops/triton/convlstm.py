@@ -19,7 +19,12 @@ import triton.language as tl
 from tskd_fast.ops.common import kernel_channels_last, kernel_memory_format, opmath_dtype
 from tskd_fast.ops.convlstm import CONVLSTM_GATES, CONVLSTM_GATES_BACKWARD
 from tskd_fast.ops.library import define_triton
-from tskd_fast.ops.triton._launch import check_device_runs_triton, quiet_interpreter, runs_in_interpreter
+from tskd_fast.ops.triton._launch import (
+    check_device_runs_triton,
+    opmath_tl,
+    quiet_interpreter,
+    runs_in_interpreter,
+)
 
 # Positions per program and warps per program on the GPU. The forward holds 8 positions per
 # thread (32 B of each float32 operand); the backward keeps about twice the live values per
@@ -313,10 +318,6 @@ def _peephole_grad(sums, w, channels_last):
     return plane.to(w.dtype).reshape(w.shape)
 
 
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def convlstm_gates_triton_impl(
     gates: torch.Tensor,
     c_prev: torch.Tensor,
@@ -350,7 +351,7 @@ def convlstm_gates_triton_impl(
                 HAS_CI=ws[0] is not None,
                 HAS_CF=ws[1] is not None,
                 HAS_CO=ws[2] is not None,
-                ACC=_acc(gates.dtype),
+                ACC=opmath_tl(gates.dtype),
                 BLOCK=layout.block,
                 num_warps=NUM_WARPS,
             )
@@ -411,7 +412,7 @@ def convlstm_gates_backward_triton_impl(
                 HAS_CF=ws[1] is not None,
                 HAS_CO=ws[2] is not None,
                 SUMS=with_sums,
-                ACC=_acc(gates.dtype),
+                ACC=opmath_tl(gates.dtype),
                 BLOCK=layout.block,
                 num_warps=NUM_WARPS,
             )

@@ -23,6 +23,7 @@ from tskd_fast.ops.library import define_triton
 from tskd_fast.ops.triton._config import RowBlockConfig, row_block_config
 from tskd_fast.ops.triton._launch import (
     check_device_runs_triton,
+    opmath_tl,
     quiet_interpreter,
     raise_if_flagged,
     runs_in_interpreter,
@@ -182,7 +183,7 @@ def launch_dtd_weight(
             CHECK_LABELS=check_labels,
             SWAP=swap,
             PARAMS_IN_MEMORY=params_in_memory,
-            ACC=tl.float64 if acc == torch.float64 else tl.float32,
+            ACC=opmath_tl(acc),
             ROWS=cfg.rows,
             BLOCK_C=cfg.block_c,
             num_warps=cfg.num_warps,

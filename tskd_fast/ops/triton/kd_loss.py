@@ -30,6 +30,7 @@ from tskd_fast.ops.library import define_triton
 from tskd_fast.ops.triton._config import RowBlockConfig, row_block_config
 from tskd_fast.ops.triton._launch import (
     check_device_runs_triton,
+    opmath_tl,
     quiet_interpreter,
     raise_if_flagged,
     runs_in_interpreter,
@@ -445,7 +446,7 @@ def launch_kd_loss(
             HAS_CE=has_target and ce_weight != 0.0,
             WRITE_GRAD=bool(compute_grad),
             PARAMS_IN_MEMORY=params_in_memory,
-            ACC=tl.float64 if acc == torch.float64 else tl.float32,
+            ACC=opmath_tl(acc),
             ROWS=cfg.rows,
             BLOCK_C=cfg.block_c,
             SINGLE_CHUNK=cfg.single_chunk,
