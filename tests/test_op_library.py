@@ -42,7 +42,10 @@ class _Recorder:
 
 
 class _OnCuda1:
+    """Stands in for a tensor on cuda:1 (what the guard reads of it)."""
+
     device = torch.device("cuda", 1)
+    is_cuda = True
 
 
 def test_guard_makes_the_tensors_cuda_device_current(monkeypatch):

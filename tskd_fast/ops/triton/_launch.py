@@ -39,7 +39,7 @@ def opmath_tl(dtype: torch.dtype) -> tl.dtype:
 
 def check_device_runs_triton(t: torch.Tensor, interpreted: bool) -> None:
     """CPU tensors run only in the Triton interpreter; say so instead of failing in the launcher."""
-    if t.device.type == "cpu" and not interpreted:
+    if t.is_cpu and not interpreted:
         raise ValueError(
             "CPU tensors run only in the Triton interpreter (TRITON_INTERPRET=1 set before triton is "
             "imported); use CUDA tensors, or the 'cpu' backend"
@@ -62,7 +62,7 @@ def raise_if_flagged(flag: torch.Tensor, op: str, what: str, name_bad_value: Cal
     in the kernel: the next synchronising call fails and the CUDA context is lost, as after any
     device assert. `what` says which values the kernel checked.
     """
-    if flag.device.type != "cpu":
+    if not flag.is_cpu:
         torch._assert_async(flag, f"{op}: {what}")
         return
     if bool(flag[0]):
