@@ -205,49 +205,20 @@ def _convlstm_backward_kernel(
     w_ci = _load(wci_ptr, pos, ok, ACC) if HAS_CI else zero
     w_cf = _load(wcf_ptr, pos, ok, ACC) if HAS_CF else zero
     w_co = _load(wco_ptr, pos, ok, ACC) if HAS_CO else zero
+    # With SUMS a program walks its positions through every sample and sums the peephole
+    # gradients over the batch; without, it owns its positions of one sample.
     if SUMS:
-        sum_ci = zero
-        sum_cf = zero
-        sum_co = zero
-        for b in range(0, n_batch):
-            t_ci, t_cf, t_co = _backward_sample(
-                tl.full([], 0, tl.int64) + b,
-                pos,
-                ok,
-                dh_ptr,
-                dc_ptr,
-                g_ptr,
-                cp_ptr,
-                w_ci,
-                w_cf,
-                w_co,
-                dg_ptr,
-                dcp_ptr,
-                n_pos,
-                n_cols,
-                gate_batch_stride,
-                gate_row_stride,
-                gate_block,
-                HAS_DH,
-                HAS_DC,
-                HAS_CI,
-                HAS_CF,
-                HAS_CO,
-                ACC,
-            )
-            sum_ci += t_ci
-            sum_cf += t_cf
-            sum_co += t_co
-        if HAS_CI:
-            tl.store(sci_ptr + pos, sum_ci, mask=ok)
-        if HAS_CF:
-            tl.store(scf_ptr + pos, sum_cf, mask=ok)
-        if HAS_CO:
-            tl.store(sco_ptr + pos, sum_co, mask=ok)
+        first = tl.full([], 0, tl.int64)
+        stop = n_batch
     else:
-        b = (pid // n_blocks).to(tl.int64)
-        _backward_sample(
-            b,
+        first = (pid // n_blocks).to(tl.int64)
+        stop = first + 1
+    sum_ci = zero
+    sum_cf = zero
+    sum_co = zero
+    for b in range(first, stop):
+        t_ci, t_cf, t_co = _backward_sample(
+            tl.full([], 0, tl.int64) + b,
             pos,
             ok,
             dh_ptr,
@@ -271,6 +242,17 @@ def _convlstm_backward_kernel(
             HAS_CO,
             ACC,
         )
+        if SUMS:
+            sum_ci += t_ci
+            sum_cf += t_cf
+            sum_co += t_co
+    if SUMS:
+        if HAS_CI:
+            tl.store(sci_ptr + pos, sum_ci, mask=ok)
+        if HAS_CF:
+            tl.store(scf_ptr + pos, sum_cf, mask=ok)
+        if HAS_CO:
+            tl.store(sco_ptr + pos, sum_co, mask=ok)
 
 
 # Whether the kernels run in the Triton interpreter (which also runs them on CPU tensors).
