@@ -265,6 +265,7 @@ def _overhead_plan(args: argparse.Namespace) -> Plan:
         min_repeat=5,
         max_seconds=args.max_seconds if args.max_seconds is not None else (3.0 if args.quick else 8.0),
         min_sample_ms=5.0,
+        thread_time=True,
     )
 
 
@@ -281,9 +282,9 @@ def run_overhead_bench(args: argparse.Namespace, families: list[str], devices: l
         where += f"; {machine['gpu']}, CUDA {machine['cuda']}"
     print(f"Machine: {where}; {machine['date']}")
     print(
-        "\nHost cost of one forward + backward on tiny tensors (median µs; floor = x.sum().backward() on "
-        "the same tensors: every input that takes a gradient, in one backward; "
-        f"target: fused ≤ {overhead.TARGET_VS_FLOOR}x floor and below eager)\n"
+        "\nHost cost of one forward + backward on tiny tensors (median µs; CPU: the calling thread's CPU "
+        "time, CUDA: CUDA events; floor = x.sum().backward() on the same tensors: every input that takes "
+        f"a gradient, in one backward; target: fused ≤ {overhead.TARGET_VS_FLOOR}x floor and below eager)\n"
     )
     print(overhead.overhead_table(rows))
     sys.stdout.flush()

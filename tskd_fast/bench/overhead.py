@@ -9,8 +9,11 @@ backpropagated in one ``torch.autograd.backward`` (for the KD loss, one input: e
 ``student.sum().backward()``). That is one trivial op per input and one trip through the autograd
 engine that delivers the same gradients, which no op can undercut. The fused call, the eager
 reference and the floor are timed in one run, alternately (tskd_fast.bench.timing.measure), and
-reported in microseconds and as multiples of the floor. The target of the op layer: at most
-TARGET_VS_FLOOR times the floor, and below eager.
+reported in microseconds and as multiples of the floor. On the CPU the clock is the calling
+thread's CPU time (torch runs on one thread here, and the CPU autograd engine runs on the caller's
+thread), so that the time other processes of a shared machine hold the core does not count: the
+host's own cost, which is what the table is about. On CUDA, CUDA events as everywhere in the
+bench. The target of the op layer: at most TARGET_VS_FLOOR times the floor, and below eager.
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ def values_readable(t: torch.Tensor) -> bool:
     """Whether `t` holds real values that may be read now on the host: an eager plain CPU tensor,
     not traced, faked or compiled (csrc/autograd/saved_gradient.h: values_readable). Never true on
     CUDA, where a read would synchronise the stream; False when this torch cannot tell."""
-    # is_cpu / is_cuda rather than device.type: reading a device's type costs about 0.5 µs.
+    # is_cpu / is_cuda rather than device.type, which is slow to read (benchmarks/README.md,
+    # "Kernel design measurements").
     if not t.is_cpu or type(t) is not torch.Tensor or torch.compiler.is_compiling():
         return False
     if _get_dispatch_mode is None or len(_TRACING_MODES) != 3:
