@@ -481,40 +481,20 @@ def kd_loss_triton_impl(
     reduction: int = REDUCE_NONE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The op on inputs its spec checked, on their CUDA device (tskd_fast.ops.library)."""
-    args = (
-        student,
-        teacher,
-        target,
-        temperature,
-        ka,
-        lsr_p,
-        scale_tau2,
-        ce_weight,
-        ignore_index,
-        compute_grad,
-    )
     check_device_runs_triton(student, INTERPRETED)
-    student = with_unit_class_stride(student)
-    teacher = with_unit_class_stride(teacher)
-    temperature = temperature.contiguous()
-    if target is not None:
-        target = target.contiguous()
+    inputs = (student, teacher, target, temperature)
+    options = (ka, lsr_p, scale_tau2, ce_weight, ignore_index, compute_grad)
     flag = value_flag(student.device)
     row_loss, row_grad = launch_kd_loss(
-        student,
-        teacher,
-        target,
-        temperature,
-        ka,
-        lsr_p,
-        scale_tau2,
-        ce_weight,
-        ignore_index,
-        compute_grad,
+        with_unit_class_stride(student),
+        with_unit_class_stride(teacher),
+        target.contiguous() if target is not None else None,
+        temperature.contiguous(),
+        *options,
         grad_scale,
         flag=flag,
     )
-    raise_if_flagged(flag, OP_NAME, _WHAT, lambda: name_bad_value(*args))
+    raise_if_flagged(flag, OP_NAME, _WHAT, lambda: name_bad_value(*inputs, *options))
     if reduction == REDUCE_SUM:
         return row_loss.sum(), row_grad
     if reduction == REDUCE_MEAN:
