@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from tests.conftest import device_of, kernel_backends
+from tests.row_inputs import labels, opmath
+from tests.row_inputs import logits as row_logits
 from tests.tolerance import assert_close_to_truth
 from tests.triton_aot import compile_for_sm90_without_spills
 from tskd_fast import functional as F
@@ -118,25 +120,6 @@ def test_bad_arguments(kwargs, message):
 KA_NAMES = ("none", "ps", "lsr")
 
 
-def opmath(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def launch_logits(rows, classes, device, dtype=torch.float32, spread=3.0):
-    return (torch.randn(rows, classes, dtype=torch.float64) * spread).to(device=device, dtype=dtype)
-
-
-def labels(teacher, ignore_index=-100):
-    """Labels with ignored rows, rows the teacher gets right and rows it gets wrong."""
-    rows, classes = teacher.shape
-    target = torch.randint(0, classes, (rows,), device=teacher.device)
-    if rows > 2:
-        target[::4] = ignore_index
-        right = torch.arange(1, rows, 3, device=teacher.device)
-        target[right] = teacher[right].float().argmax(dim=1)
-    return target
-
-
 def kernel_weights(backend, student, teacher, target, mode, gamma, ka, config):
     """w (B,) of `backend`'s op, or for Triton the kernel launched with the launch shape `config`
     (on checked inputs)."""
@@ -159,8 +142,8 @@ def test_dtd_weight_at_the_launch_shapes_matches_reference(
     if dtype == torch.float64 and device != "cpu":
         pytest.skip("float64 runs on the CPU only")
     student, teacher = (
-        launch_logits(rows, classes, device, dtype),
-        launch_logits(rows, classes, device, dtype),
+        row_logits(rows, classes, device, dtype),
+        row_logits(rows, classes, device, dtype),
     )
     target = labels(teacher)
     cfg = row_block_config(classes, max_block_c)
@@ -175,7 +158,7 @@ def test_dtd_weight_at_the_launch_shapes_matches_reference(
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dtd_weight_through_functional_and_edge_rows(backend):
     device = device_of(backend)
-    student, teacher = launch_logits(6, 21, device), launch_logits(6, 21, device)
+    student, teacher = row_logits(6, 21, device), row_logits(6, 21, device)
     target = labels(teacher)
     teacher[2, [4, 15]] = 40.0  # argmax tie: the first index is swapped
     target[2] = 0
@@ -205,7 +188,7 @@ def dtd_flag(student, teacher, target, mode, ka):
 @pytest.mark.parametrize("mode", [0, 1])
 def test_dtd_kernel_checks_labels_only_with_ka(backend, mode):
     device = device_of(backend)
-    student, teacher = launch_logits(6, 9, device), launch_logits(6, 9, device)
+    student, teacher = row_logits(6, 9, device), row_logits(6, 9, device)
     target = labels(teacher)
     bad = target.clone()
     bad[3] = -7
@@ -219,7 +202,7 @@ def test_cpu_tensors_outside_the_interpreter_are_refused(backend, monkeypatch):
     if device_of(backend) != "cpu":
         pytest.skip("the interpreter runs here only without a GPU")
     monkeypatch.setattr(triton_dtd, "INTERPRETED", False)
-    student, teacher = launch_logits(5, 11, "cpu"), launch_logits(5, 11, "cpu")
+    student, teacher = row_logits(5, 11, "cpu"), row_logits(5, 11, "cpu")
     with pytest.raises(ValueError, match="CPU tensors run only in the Triton interpreter"):
         torch.ops.tskd_fast.dtd_weight_triton(student, teacher, None, 1, 2.0, 0, -100)
 

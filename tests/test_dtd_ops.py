@@ -6,7 +6,12 @@ one asynchronous device assert on CUDA)."""
 import pytest
 import torch
 
-from tests.conftest import CHECK_OPS, CountOps, device_of, kernel_backends
+from tests.conftest import device_of, kernel_backends
+from tests.row_inputs import (
+    assert_no_separate_value_checks,
+    assert_searched_only_when_flagged,
+    device_flag_message,
+)
 from tskd_fast.ops import op_for
 from tskd_fast.reference.dtd import temperatures_from_weights
 
@@ -89,10 +94,9 @@ def test_valid_calls_run_no_separate_value_checks(backend):
     if device_of(backend) != "cpu":
         pytest.skip("counts the ops of the interpreter path")
     student, teacher, target = sample(backend, 6, 9)
-    with CountOps() as ops:
-        torch.ops.tskd_fast.dtd_weight_triton(student, teacher, target, 0, 2.0, 1, -100)
-    assert ops.names, "the op ran no aten op at all: the mode saw nothing"
-    assert not CHECK_OPS & set(ops.names), ops.names
+    assert_no_separate_value_checks(
+        lambda: torch.ops.tskd_fast.dtd_weight_triton(student, teacher, target, 0, 2.0, 1, -100)
+    )
 
 
 @pytest.mark.parametrize("backend", TRITON)
@@ -101,16 +105,16 @@ def test_inputs_are_searched_only_when_the_kernel_flags(backend, monkeypatch):
     reaches it and a bad one still fails, with the fallback message."""
     if device_of(backend) != "cpu":
         pytest.skip("on CUDA the flag is asserted on the device (test_cuda_flag_is_one_async_assert)")
-    calls = []
-    monkeypatch.setattr(triton_dtd, "name_bad_value", lambda *args: calls.append("dtd_weight"))
     student, teacher, target = sample(backend, 6, 9)
-    torch.ops.tskd_fast.dtd_weight_triton(student, teacher, target, 0, 2.0, 1, -100)
-    assert calls == []
     bad = target.clone()
     bad[2] = 99
-    with pytest.raises(RuntimeError, match="dtd_weight_triton: the kernel flagged"):
-        torch.ops.tskd_fast.dtd_weight_triton(student, teacher, bad, 1, 2.0, 1, -100)
-    assert calls == ["dtd_weight"]
+    assert_searched_only_when_flagged(
+        monkeypatch,
+        triton_dtd,
+        lambda: torch.ops.tskd_fast.dtd_weight_triton(student, teacher, target, 0, 2.0, 1, -100),
+        lambda: torch.ops.tskd_fast.dtd_weight_triton(student, teacher, bad, 1, 2.0, 1, -100),
+        "dtd_weight_triton: the kernel flagged",
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -130,14 +134,7 @@ def test_a_bad_label_is_named_by_the_spec_check(backend):
 def test_cuda_flag_is_one_async_assert(backend, monkeypatch):
     """A flag on a non-CPU device is never read on the host: one _assert_async with the op name,
     which speaks of labels only (the weights read no temperature)."""
-    asserted = []
-    monkeypatch.setattr(torch, "_assert_async", lambda flag, message: asserted.append((flag, message)))
-    flag = torch.ones((1,), dtype=torch.int32, device="meta")  # values unreadable, like CUDA's
-
-    def never_called():
-        raise AssertionError("the host search ran for a device flag")
-
-    _launch.raise_if_flagged(flag, "tskd_fast::dtd_weight_triton", triton_dtd._WHAT, never_called)
-    assert [f is flag for f, _ in asserted] == [True]
-    assert asserted[0][1].startswith("tskd_fast::dtd_weight_triton: a target label is out of range")
-    assert "temperature" not in asserted[0][1]
+    op = "tskd_fast::dtd_weight_triton"
+    message = device_flag_message(monkeypatch, _launch, op, triton_dtd._WHAT)
+    assert message.startswith(f"{op}: a target label is out of range")
+    assert "temperature" not in message

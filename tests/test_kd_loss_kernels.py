@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import device_of, kernel_backends
+from tests.row_inputs import labels, logits, opmath, row_sample
 from tests.tolerance import assert_close_to_truth
 from tests.triton_aot import compile_for_sm90_without_spills
 from tskd_fast import functional as F
@@ -323,25 +324,6 @@ def test_teacher_exponential_underflow_counts_as_no_mass(backend):
 KA_NAMES = ("none", "ps", "lsr")
 
 
-def opmath(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def logits(rows, classes, device, dtype=torch.float32, spread=3.0):
-    return (torch.randn(rows, classes, dtype=torch.float64) * spread).to(device=device, dtype=dtype)
-
-
-def labels(teacher, ignore_index=-100):
-    """Labels with ignored rows, rows the teacher gets right and rows it gets wrong."""
-    rows, classes = teacher.shape
-    target = torch.randint(0, classes, (rows,), device=teacher.device)
-    if rows > 2:
-        target[::4] = ignore_index
-        right = torch.arange(1, rows, 3, device=teacher.device)
-        target[right] = teacher[right].float().argmax(dim=1)
-    return target
-
-
 def kernel_rows(
     backend, student, teacher, target, tau, ka, lsr_p=0.9, scale_tau2=True, ce_weight=0.5, config=None
 ):
@@ -515,19 +497,10 @@ def kd_flag(student, teacher, target, tau, ka=1):
     return int(flag[0])
 
 
-def flag_sample(device, rows=6, classes=9):
-    student = torch.randn(rows, classes, device=device) * 2
-    teacher = torch.randn(rows, classes, device=device) * 2
-    target = torch.randint(0, classes, (rows,), device=device)
-    target[0] = -100
-    tau = torch.rand(rows, device=device) * 3 + 0.5
-    return student, teacher, target, tau
-
-
 @pytest.mark.parametrize("backend", TRITON)
 @pytest.mark.parametrize("ka", [0, 1, 2])
 def test_kernel_clears_the_flag_on_a_bad_label_or_temperature(backend, ka):
-    student, teacher, target, tau = flag_sample(device_of(backend))
+    student, teacher, target, tau = row_sample(device_of(backend))
     assert kd_flag(student, teacher, target, tau, ka) == 1
     assert kd_flag(student, teacher, None, tau, 0) == 1
     assert kd_flag(student, teacher, torch.full_like(target, -100), tau, ka) == 1  # all ignored
@@ -546,7 +519,7 @@ def test_kernel_clears_the_flag_on_a_bad_label_or_temperature(backend, ka):
 def test_kernel_flags_a_bad_row_in_any_program(backend):
     """Rows of several programs (a multi-row tile and one row per program): the last row counts."""
     for classes in (9, 3000):
-        student, teacher, target, tau = flag_sample(device_of(backend), rows=70, classes=classes)
+        student, teacher, target, tau = row_sample(device_of(backend), rows=70, classes=classes)
         target[69] = classes
         assert kd_flag(student, teacher, target, tau) == 0
 

@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import CHECK_OPS, CountOps, device_of, kernel_backends
+from tests.conftest import device_of, kernel_backends
+from tests.row_inputs import (
+    assert_no_separate_value_checks,
+    assert_searched_only_when_flagged,
+    device_flag_message,
+)
 from tskd_fast import functional as F
 from tskd_fast.ops import op_for
 
@@ -242,10 +247,8 @@ def test_valid_calls_run_no_separate_value_checks(backend):
     if device_of(backend) != "cpu":
         pytest.skip("counts the ops of the interpreter path")
     student, teacher, target, tau = sample(backend, 6, 9)
-    with CountOps() as ops:
-        torch.ops.tskd_fast.kd_loss_triton(student, teacher, target, tau, 1, 0.9, True, 0.5, -100, True)
-    assert ops.names, "the op ran no aten op at all: the mode saw nothing"
-    assert not CHECK_OPS & set(ops.names), ops.names
+    args = (student, teacher, target, tau, 1, 0.9, True, 0.5, -100, True)
+    assert_no_separate_value_checks(lambda: torch.ops.tskd_fast.kd_loss_triton(*args))
 
 
 @pytest.mark.parametrize("backend", TRITON)
@@ -254,16 +257,17 @@ def test_inputs_are_searched_only_when_the_kernel_flags(backend, monkeypatch):
     reaches it and a bad one still fails, with the fallback message."""
     if device_of(backend) != "cpu":
         pytest.skip("on CUDA the flag is asserted on the device (test_cuda_flag_is_one_async_assert)")
-    calls = []
-    monkeypatch.setattr(triton_kd, "name_bad_value", lambda *args: calls.append("kd_loss"))
     student, teacher, target, tau = sample(backend, 6, 9)
-    torch.ops.tskd_fast.kd_loss_triton(student, teacher, target, tau, 1, 0.9, True, 0.5, -100, True)
-    assert calls == []
     bad = target.clone()
     bad[2] = 99
-    with pytest.raises(RuntimeError, match=f"{KD_OP}: the kernel flagged an invalid value"):
-        torch.ops.tskd_fast.kd_loss_triton(student, teacher, bad, tau, 1, 0.9, True, 0.5, -100, True)
-    assert calls == ["kd_loss"]
+    options = (1, 0.9, True, 0.5, -100, True)
+    assert_searched_only_when_flagged(
+        monkeypatch,
+        triton_kd,
+        lambda: torch.ops.tskd_fast.kd_loss_triton(student, teacher, target, tau, *options),
+        lambda: torch.ops.tskd_fast.kd_loss_triton(student, teacher, bad, tau, *options),
+        f"{KD_OP}: the kernel flagged an invalid value",
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -289,17 +293,9 @@ def test_a_bad_value_is_named_by_the_spec_check(backend):
 @pytest.mark.parametrize("backend", TRITON)
 def test_cuda_flag_is_one_async_assert(backend, monkeypatch):
     """A flag on a non-CPU device is never read on the host: one _assert_async with the op name."""
-    asserted = []
-    monkeypatch.setattr(torch, "_assert_async", lambda flag, message: asserted.append((flag, message)))
-    flag = torch.ones((1,), dtype=torch.int32, device="meta")  # values unreadable, like CUDA's
-
-    def never_called():
-        raise AssertionError("the host search ran for a device flag")
-
-    _launch.raise_if_flagged(flag, KD_OP, triton_kd._WHAT, never_called)
-    assert [f is flag for f, _ in asserted] == [True]
-    assert asserted[0][1].startswith(f"{KD_OP}: a target label is out of range")
-    assert "temperature" in asserted[0][1]
+    message = device_flag_message(monkeypatch, _launch, KD_OP, triton_kd._WHAT)
+    assert message.startswith(f"{KD_OP}: a target label is out of range")
+    assert "temperature" in message
 
 
 _ASSERT_SCRIPT = textwrap.dedent(

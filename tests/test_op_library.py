@@ -18,6 +18,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from tests.conftest import device_of, kernel_backends
+from tests.row_inputs import row_sample
 from tskd_fast.ops import SPECS, call, op_for
 
 BACKENDS = kernel_backends()
@@ -167,16 +168,6 @@ def test_guard_makes_the_tensors_cuda_device_current(monkeypatch):
     assert recorder.entered == [torch.device("cuda", 1)]
 
 
-def sample(rows=6, classes=9):
-    device = device_of("triton")
-    student = torch.randn(rows, classes, device=device) * 2
-    teacher = torch.randn(rows, classes, device=device) * 2
-    target = torch.randint(0, classes, (rows,), device=device)
-    target[0] = -100
-    tau = torch.rand(rows, device=device) * 3 + 0.5
-    return student, teacher, target, tau
-
-
 @needs_triton
 @pytest.mark.parametrize("which", ["kd_loss", "dtd_weight"])
 def test_ops_allocate_and_launch_inside_the_guard(monkeypatch, which):
@@ -202,7 +193,7 @@ def test_ops_allocate_and_launch_inside_the_guard(monkeypatch, which):
     monkeypatch.setattr(module, "value_flag", inside("flag", _launch.value_flag))
     launch = "launch_kd_loss" if which == "kd_loss" else "launch_dtd_weight"
     monkeypatch.setattr(module, launch, inside("launch", getattr(module, launch)))
-    student, teacher, target, tau = sample()
+    student, teacher, target, tau = row_sample(device_of("triton"))
     if which == "kd_loss":
         torch.ops.tskd_fast.kd_loss_triton(student, teacher, target, tau, 1, 0.9, True, 0.5, -100, True)
     else:
