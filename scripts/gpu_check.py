@@ -296,7 +296,7 @@ def summary(out_dir: Path) -> int:
         ok = _tests_section(out_dir, lines) and ok
     lines.append("timings (forward + backward, median):")
     ok = _bench_section(out_dir, lines) and ok
-    lines.append("host cost (forward + backward on tiny tensors, median):")
+    lines.append("host cost (forward + backward on tiny tensors, 20th percentile):")
     ok = _overhead_section(out_dir, lines) and ok
     lines.append(f"verdict: {'PASS' if ok else 'FAIL'} (logs in {out_dir})")
     text = "\n".join(lines) + "\n"

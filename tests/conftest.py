@@ -1,4 +1,5 @@
-"""Shared test set-up: which kd-loss backends exist here, and the tolerance rule."""
+"""Shared test set-up: which fused backends run here, the device of each, and a recorder of the ATen
+ops a call runs."""
 
 import os
 
@@ -10,6 +11,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from tskd_fast.ops import _extension  # noqa: E402
 from tskd_fast.ops.backend import cuda_kernels_run_on_device, triton_available  # noqa: E402
@@ -35,6 +37,22 @@ def device_of(backend: str) -> str:
     if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
         return "cuda"
     return "cpu"
+
+
+class CountOps(TorchDispatchMode):
+    """Records the name of every ATen op run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+# The ATen ops a separate value check on the host would run (labels in range, temperatures > 0).
+CHECK_OPS = {"ne", "eq", "lt", "le", "gt", "ge", "isfinite", "any", "all", "bitwise_and", "logical_and"}
 
 
 @pytest.fixture(autouse=True)

@@ -184,3 +184,37 @@ def test_the_reference_and_auto_steps_of_tst_draw_the_same_augmentations(monkeyp
     auto_draws = [drawn[i] for i in (2, 4, 5)]
     assert reference_draws == auto_draws
     assert len(set(reference_draws)) > 1  # the stream moves on from step to step
+
+
+@pytest.mark.skipif(not _extension.has_cpu_kernels(), reason="tskd_fast._C is not built")
+def test_overhead_table_and_json(capsys, tmp_path):
+    """`--overhead`: one row per family with its floor, fused and eager host cost (20th percentile,
+    the medians in the JSON) and the verdict of the target, computed from those numbers."""
+    path = tmp_path / "overhead.json"
+    argv = ["bench", "--overhead", "--ops", "kd_loss,dtd", "--device", "cpu", "--repeat", "20"]
+    assert main([*argv, "--warmup", "2", "--max-seconds", "2", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "20th percentile" in out and "calling thread's CPU time" in out
+    table = [line for line in out.splitlines() if line.startswith(("| kd_loss ", "| dtd "))]
+    assert len(table) == 2 and all(" | cpu | cpu | " in line for line in table)
+    report = json.loads(path.read_text())
+    assert report["machine"]["threads"] == 1
+    rows = report["overhead"]
+    assert [r["op"] for r in rows] == ["kd_loss", "dtd"]
+    for r in rows:
+        assert r["statistic"] == "p20"
+        for what in ("floor", "fused", "eager"):
+            assert 0 < r[f"{what}_us"] <= r[f"{what}_median_us"] * 1.0001
+        assert r["fused_vs_floor"] == pytest.approx(r["fused_us"] / r["floor_us"], rel=1e-2)
+        assert r["met"] == (r["fused_us"] <= 1.5 * r["floor_us"] and r["fused_us"] < r["eager_us"])
+
+
+def test_overhead_verdict():
+    from tskd_fast.bench.overhead import OverheadRow
+
+    def row(floor, fused, eager):
+        return OverheadRow("kd_loss", "8x10", "cpu", "cpu", floor, fused, eager, floor, fused, eager)
+
+    assert row(20.0, 30.0, 100.0).met  # exactly 1.5x the floor
+    assert not row(20.0, 30.2, 100.0).met
+    assert not row(20.0, 25.0, 24.0).met  # slower than eager

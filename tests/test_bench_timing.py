@@ -3,6 +3,7 @@ bandwidth and peak memory."""
 
 import os
 import sys
+import time
 
 import pytest
 import torch
@@ -22,6 +23,21 @@ def test_percentiles_interpolate_between_samples():
     assert percentile([7.0], 0.8) == 7.0
     stats = summarize([5.0, 1.0, 3.0, 2.0, 4.0], inner=4)
     assert (stats.median, stats.p20, stats.p80, stats.samples, stats.inner) == (3.0, 1.8, 4.2, 5, 4)
+
+
+def test_thread_time_counts_the_threads_cpu_time_not_the_wait():
+    """The overhead bench's CPU clock: a call that waits (as a call does while other processes of
+    a shared machine hold the core) costs wall time but almost no CPU time."""
+
+    def wait():
+        time.sleep(0.02)
+
+    wall = measure({"wait": wait}, CPU, Plan(repeat=3, min_repeat=3, min_sample_ms=0.0), {"wait": 20.0})
+    cpu = measure(
+        {"wait": wait}, CPU, Plan(repeat=3, min_repeat=3, min_sample_ms=0.0, thread_time=True), {"wait": 20.0}
+    )
+    assert wall["wait"].median >= 19.0
+    assert cpu["wait"].median < 5.0
 
 
 def test_each_round_times_every_implementation_once_in_a_fresh_order():

@@ -2,7 +2,9 @@
 
 Odd sizes, with and without (some) peepholes, NCHW and channels_last, every dtype, dh-only and
 dc-only incoming gradients. The tolerance rule is tests/tolerance.py's: at most twice PyTorch's
-own error at the same precision against a float64 truth.
+own error at the same precision against a float64 truth. Then what only the Triton ops have: the
+launch over several programs per sample, CPU tensors refused outside the interpreter, and every
+kernel variant compiled for a real GPU (sm_90) without register spills.
 """
 
 import pytest
@@ -10,10 +12,16 @@ import torch
 
 from tests.conftest import device_of, kernel_backends
 from tests.tolerance import assert_close_to_truth
+from tests.triton_aot import compile_for_sm90_without_spills
 from tskd_fast import functional as F
+from tskd_fast import reference
 
 BACKENDS = kernel_backends()
+TRITON = [b for b in BACKENDS if b == "triton"]
 pytestmark = pytest.mark.skipif(not BACKENDS, reason="no fused backend built")
+
+if TRITON:
+    from tskd_fast.ops.triton import convlstm as triton_convlstm
 
 GRAD_NAMES = ("gates", "c_prev", "w_ci", "w_cf", "w_co")
 
@@ -218,3 +226,84 @@ def test_saturated_and_non_finite_pre_activations(backend):
     assert torch.isfinite(g.grad).all() and torch.isfinite(cp.grad).all()
     torch.testing.assert_close(g.grad.cpu(), g_ref.grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(cp.grad.cpu(), cp_ref.grad, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Only the Triton ops: several programs per sample, CPU tensors outside the interpreter, sm_90
+
+
+def triton_sample(batch=2, hidden=3, height=4, width=5, dtype=torch.float32):
+    device = device_of("triton")
+    gates = torch.randn(batch, 4 * hidden, height, width, dtype=dtype, device=device) * 2
+    c_prev = torch.randn(batch, hidden, height, width, dtype=dtype, device=device)
+    ws = [torch.randn(hidden, height, width, dtype=dtype, device=device) * 0.5 for _ in range(3)]
+    return gates, c_prev, ws
+
+
+@pytest.mark.parametrize("backend", TRITON)
+def test_several_programs_per_sample(backend, monkeypatch):
+    """A block smaller than a sample: programs split positions, the sums loop over the batch."""
+    monkeypatch.setattr(triton_convlstm, "BLOCK", 16)
+    monkeypatch.setattr(triton_convlstm, "BACKWARD_BLOCK", 16)
+    gates, c_prev, ws = triton_sample(3, 3, 3, 5)  # 45 positions: three programs per sample
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        g, c = gates.contiguous(memory_format=fmt), c_prev.contiguous(memory_format=fmt)
+        h, c_new = triton_convlstm.convlstm_gates_triton(g, c, *ws)
+        h_ref, c_ref = reference.convlstm_gates(g, c, *ws)
+        torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(c_new, c_ref, rtol=1e-5, atol=1e-6)
+        dh = torch.randn_like(c_prev)
+        grads = triton_convlstm.convlstm_gates_backward_triton(dh, None, g, c, *ws, True)
+        leaves = [t.clone().requires_grad_(True) for t in (g, c, *ws)]
+        want = torch.autograd.grad(reference.convlstm_gates(*leaves)[0], leaves, dh)
+        for got, expected in zip(grads, want, strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", TRITON)
+def test_cpu_tensors_outside_the_interpreter_are_refused(backend, monkeypatch):
+    if device_of(backend) != "cpu":
+        pytest.skip("the interpreter runs here only without a GPU")
+    monkeypatch.setattr(triton_convlstm, "INTERPRETED", False)
+    gates, c_prev, _ = triton_sample()
+    with pytest.raises(ValueError, match="CPU tensors run only in the Triton interpreter"):
+        triton_convlstm.convlstm_gates_triton(gates, c_prev)
+
+
+_AOT_BODY = """
+from tskd_fast.ops.triton import convlstm as G
+
+ints = ("n_pos", "n_cols", "n_blocks", "gate_batch_stride", "gate_row_stride", "gate_block")
+
+def forward(dtype, peep):
+    sig = {k: "*" + dtype for k in ("g_ptr", "cp_ptr", "wci_ptr", "wcf_ptr", "wco_ptr", "h_ptr", "c_ptr")}
+    sig.update({k: "i32" for k in ints})
+    c = dict(HAS_CI=peep, HAS_CF=peep, HAS_CO=peep, ACC=tl.float32, BLOCK=G.BLOCK)
+    build(G._convlstm_forward_kernel, sig, c, G.NUM_WARPS, f"forward {dtype} peepholes={peep}")
+
+def backward(dtype, peep, sums, dh, dc):
+    sig = {k: "*" + dtype for k in ("dh_ptr", "dc_ptr", "g_ptr", "cp_ptr", "wci_ptr", "wcf_ptr",
+                                     "wco_ptr", "dg_ptr", "dcp_ptr")}
+    sig.update({k: "*fp32" for k in ("sci_ptr", "scf_ptr", "sco_ptr")})
+    sig["n_batch"] = "i32"
+    sig.update({k: "i32" for k in ints})
+    c = dict(HAS_DH=dh, HAS_DC=dc, HAS_CI=peep, HAS_CF=peep, HAS_CO=peep, SUMS=sums,
+             ACC=tl.float32, BLOCK=G.BACKWARD_BLOCK)
+    build(G._convlstm_backward_kernel, sig, c, G.NUM_WARPS, f"backward {dtype} peep={peep} sums={sums} dh={dh} dc={dc}")
+
+forward("fp32", False)
+forward("fp32", True)
+forward("bf16", True)
+backward("fp32", True, True, True, True)
+backward("fp32", True, True, False, True)
+backward("fp32", True, False, True, True)
+backward("fp32", False, False, True, True)
+backward("bf16", True, True, True, True)
+backward("fp16", False, False, True, False)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", TRITON)
+def test_kernels_compile_for_sm90_without_spills(backend):
+    compile_for_sm90_without_spills(_AOT_BODY, variants=9)

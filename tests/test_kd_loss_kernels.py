@@ -1,4 +1,9 @@
-"""Every fused kd_loss backend against the PyTorch reference: values and gradients, all options."""
+"""Every fused kd_loss backend against the PyTorch reference: values and gradients, all options;
+then each backend's kernel rows at the shapes that exercise the Triton kernel's launch paths (the
+multi-row tile, the chunked online path forced on short rows), and what only the Triton kernel
+has: its launch-shape choice, the error flag it writes, CPU tensors refused outside the
+interpreter, and every variant compiled for a real GPU (sm_90) without register spills. Without a
+GPU the Triton kernels run in the interpreter (tests/conftest.py sets TRITON_INTERPRET)."""
 
 import itertools
 
@@ -6,11 +11,22 @@ import pytest
 import torch
 
 from tests.conftest import device_of, kernel_backends
+from tests.row_inputs import labels, logits, opmath, row_sample
 from tests.tolerance import assert_close_to_truth
+from tests.triton_aot import compile_for_sm90_without_spills
 from tskd_fast import functional as F
+from tskd_fast import reference
+from tskd_fast.ops import op_for
+from tskd_fast.ops.common import with_unit_class_stride
+from tskd_fast.ops.triton._config import MAX_BLOCK_C, row_block_config
 
 BACKENDS = kernel_backends()
+TRITON = [b for b in BACKENDS if b == "triton"]
 pytestmark = pytest.mark.skipif(not BACKENDS, reason="no fused backend built")
+
+if TRITON:
+    from tskd_fast.ops.triton import _launch
+    from tskd_fast.ops.triton import kd_loss as triton_kd
 
 
 def make_inputs(rows, classes, dtype, device, spread=3.0, ignore_every=5):
@@ -300,3 +316,250 @@ def test_teacher_exponential_underflow_counts_as_no_mass(backend):
     assert torch.isfinite(loss).all()
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernel rows of each backend at the Triton kernel's launch paths
+
+KA_NAMES = ("none", "ps", "lsr")
+
+
+def kernel_rows(
+    backend, student, teacher, target, tau, ka, lsr_p=0.9, scale_tau2=True, ce_weight=0.5, config=None
+):
+    """(row_loss, row_grad) of `backend`'s kernel: the op with reduction none and grad_scale 1, or
+    for Triton with a `config` the kernel launched with that launch shape (on checked inputs)."""
+    args = (student, teacher, target, tau, ka, lsr_p, scale_tau2, ce_weight, -100, True)
+    if config is not None and backend == "triton":
+        return triton_kd.launch_kd_loss(*args, config=config)
+    return op_for(backend, "kd_loss")(*args)
+
+
+def skip_float64_off_the_cpu(backend, dtype):
+    if dtype == torch.float64 and backend == "cuda":
+        pytest.skip("float64 runs on the CPU only")
+
+
+def reference_rows(student, teacher, target, tau, ka, lsr_p, scale_tau2, ce_weight, ignore_index, dtype):
+    """(row_loss, d row_loss_n / d z_n) from the PyTorch reference, computed in `dtype`."""
+    z = student.detach().to(dtype).requires_grad_(True)
+    loss = reference.kd_loss(
+        z,
+        teacher.to(dtype),
+        target,
+        tau.to(dtype),
+        KA_NAMES[ka],
+        lsr_p,
+        "tau2" if scale_tau2 else "none",
+        ce_weight,
+        ignore_index,
+        "none",
+    )
+    (grad,) = torch.autograd.grad(loss.sum(), z)
+    return loss.detach(), grad
+
+
+def check_rows(backend, student, teacher, target, tau, ka, config, lsr_p=0.9, scale_tau2=True, ce_weight=0.5):
+    """The kernel rows (under `config` for Triton) against the reference (same precision and
+    float64 truth)."""
+    dtype = student.dtype
+    loss, grad = kernel_rows(backend, student, teacher, target, tau, ka, lsr_p, scale_tau2, ce_weight, config)
+    assert loss.dtype == opmath(dtype) and grad.dtype == dtype and grad.shape == student.shape
+    args = (student, teacher, target, tau, ka, lsr_p, scale_tau2, ce_weight, -100)
+    loss_ref, grad_ref = reference_rows(*args, opmath(dtype))
+    loss_64, grad_64 = reference_rows(*args, torch.float64)
+    assert_close_to_truth(loss, loss_ref, loss_64, dtype, f"{backend} row_loss")
+    assert_close_to_truth(grad, grad_ref.to(dtype), grad_64, dtype, f"{backend} row_grad")
+
+
+def test_block_config_covers_every_path():
+    short = row_block_config(37)
+    assert short.single_chunk and short.rows > 1 and short.block_c == 64
+    assert row_block_config(1).block_c >= 1 and row_block_config(1).single_chunk
+    for classes in (2048, MAX_BLOCK_C):
+        wide = row_block_config(classes)
+        assert wide.single_chunk and wide.rows == 1 and wide.block_c == classes
+    long = row_block_config(32000)
+    assert not long.single_chunk and long.rows == 1 and long.block_c == MAX_BLOCK_C
+    assert not row_block_config(4097).single_chunk
+    forced = row_block_config(37, max_block_c=8)
+    assert not forced.single_chunk and forced.block_c == 8 and forced.rows == 1
+    for classes in (1, 3, 17, 100, 1000, 2049, 4096, 5000, 100000):
+        cfg = row_block_config(classes)
+        assert cfg.block_c & (cfg.block_c - 1) == 0 and cfg.rows & (cfg.rows - 1) == 0
+        assert cfg.single_chunk == (classes <= cfg.block_c)
+        # Multi-row tiles stay at about 4 elements per thread (register pressure, see _config).
+        assert cfg.rows == 1 or cfg.rows * cfg.block_c <= 4 * 32 * cfg.num_warps
+    with pytest.raises(ValueError):
+        row_block_config(0)
+    with pytest.raises(ValueError):
+        row_block_config(10, max_block_c=12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ka", [0, 1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_multi_row_tile_with_partial_last_program(backend, ka, dtype):
+    skip_float64_off_the_cpu(backend, dtype)
+    device = device_of(backend)
+    rows, classes = 21, 37
+    cfg = row_block_config(classes)
+    assert cfg.single_chunk and cfg.rows > 1 and rows % cfg.rows != 0
+    student, teacher = logits(rows, classes, device, dtype), logits(rows, classes, device, dtype)
+    target = labels(teacher)
+    tau = torch.rand(rows, device=device, dtype=opmath(dtype)) * 3 + 0.5
+    check_rows(backend, student, teacher, target, tau, ka, cfg)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ka", [0, 1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("classes", [37, 40])
+def test_chunked_path_on_short_rows(backend, ka, dtype, classes):
+    """Chunks of 8 columns (Triton): the online maxima move between chunks, the last chunk is
+    partial (37) or full (40)."""
+    skip_float64_off_the_cpu(backend, dtype)
+    device = device_of(backend)
+    rows = 6
+    cfg = row_block_config(classes, max_block_c=8)
+    assert not cfg.single_chunk
+    student, teacher = logits(rows, classes, device, dtype), logits(rows, classes, device, dtype)
+    # Rising maxima: the row maximum sits in the last chunk, so every chunk rescales the sums.
+    ramp = torch.linspace(0, 6, classes, device=device).to(dtype)
+    student, teacher = student + ramp, teacher + ramp.flip(0)
+    target = labels(teacher)
+    tau = torch.rand(rows, device=device, dtype=opmath(dtype)) * 3 + 0.5
+    check_rows(backend, student, teacher, target, tau, ka, cfg)
+    check_rows(backend, student, teacher, target, tau, ka, cfg, scale_tau2=False, ce_weight=0.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_chunked_path_with_masked_chunks_ties_and_bad_rows(backend):
+    device = device_of(backend)
+    rows, classes = 6, 30
+    cfg = row_block_config(classes, max_block_c=8)
+    student, teacher = logits(rows, classes, device), logits(rows, classes, device)
+    teacher[0, :16] = float("-inf")  # the first two chunks carry no target mass
+    student[1, :8] = float("-inf")  # a masked student chunk where the teacher is masked too
+    teacher[1, :8] = float("-inf")
+    teacher[2, [3, 12, 25]] = 50.0  # a tie across chunks: argmax is the first index, 3
+    student[4, 20] = float("nan")  # a bad row found in a later chunk
+    student[5, :] = float("-inf")  # a row of only -inf
+    target = labels(teacher)
+    target[2] = 9  # wrong, so ps swaps columns 3 and 9
+    tau = torch.full((rows,), 2.0, device=device)
+    for ka in (0, 1, 2):
+        loss, grad = kernel_rows(backend, student, teacher, target, tau, ka, config=cfg)
+        single, single_grad = kernel_rows(backend, student, teacher, target, tau, ka)
+        assert torch.isnan(loss[4:]).all() and torch.isnan(grad[4:]).all()
+        good = slice(0, 4)
+        ref_loss, ref_grad = reference_rows(
+            student[good], teacher[good], target[good], tau[good], ka, 0.9, True, 0.5, -100, torch.float64
+        )
+        torch.testing.assert_close(loss[good].double(), ref_loss, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grad[good].double(), ref_grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loss[good], single[good], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grad[good], single_grad[good], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_student_minus_inf_under_teacher_mass_in_a_later_chunk_is_infinite(backend):
+    device = device_of(backend)
+    cfg = row_block_config(24, max_block_c=8)
+    student, teacher = logits(2, 24, device), logits(2, 24, device)
+    student[0, 19] = float("-inf")
+    tau = torch.full((2,), 1.5, device=device)
+    loss, _ = kernel_rows(backend, student, teacher, None, tau, 0, ce_weight=0.0, config=cfg)
+    assert loss[0].item() == float("inf") and torch.isfinite(loss[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_row_strided_inputs_run_without_a_copy(backend):
+    device = device_of(backend)
+    wide_s, wide_t = logits(5, 60, device), logits(5, 60, device)
+    student, teacher = wide_s[:, 7:40], wide_t[:, 7:40]
+    assert not student.is_contiguous()
+    assert with_unit_class_stride(student) is student
+    assert with_unit_class_stride(student.t().contiguous().t()) is not student
+    target = labels(teacher)
+    tau = torch.full((5,), 2.0, device=device)
+    for cfg in (row_block_config(33), row_block_config(33, max_block_c=8)):
+        check_rows(backend, student, teacher, target, tau, 1, cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Only the Triton kernel: the error flag, CPU tensors outside the interpreter, sm_90 builds
+
+
+def kd_flag(student, teacher, target, tau, ka=1):
+    flag = _launch.value_flag(student.device)
+    triton_kd.launch_kd_loss(student, teacher, target, tau, ka, 0.9, True, 0.5, -100, True, flag=flag)
+    return int(flag[0])
+
+
+@pytest.mark.parametrize("backend", TRITON)
+@pytest.mark.parametrize("ka", [0, 1, 2])
+def test_kernel_clears_the_flag_on_a_bad_label_or_temperature(backend, ka):
+    student, teacher, target, tau = row_sample(device_of(backend))
+    assert kd_flag(student, teacher, target, tau, ka) == 1
+    assert kd_flag(student, teacher, None, tau, 0) == 1
+    assert kd_flag(student, teacher, torch.full_like(target, -100), tau, ka) == 1  # all ignored
+    for label in (9, -1, 10**6):
+        bad = target.clone()
+        bad[4] = label
+        assert kd_flag(student, teacher, bad, tau, ka) == 0, label
+    for value in (0.0, -1.0, float("nan"), float("inf")):
+        bad = tau.clone()
+        bad[5] = value
+        assert kd_flag(student, teacher, target, bad, ka) == 0, value
+        assert kd_flag(student, teacher, None, bad, 0) == 0, value
+
+
+@pytest.mark.parametrize("backend", TRITON)
+def test_kernel_flags_a_bad_row_in_any_program(backend):
+    """Rows of several programs (a multi-row tile and one row per program): the last row counts."""
+    for classes in (9, 3000):
+        student, teacher, target, tau = row_sample(device_of(backend), rows=70, classes=classes)
+        target[69] = classes
+        assert kd_flag(student, teacher, target, tau) == 0
+
+
+@pytest.mark.parametrize("backend", TRITON)
+def test_cpu_tensors_outside_the_interpreter_are_refused(backend, monkeypatch):
+    if device_of(backend) != "cpu":
+        pytest.skip("the interpreter runs here only without a GPU")
+    monkeypatch.setattr(triton_kd, "INTERPRETED", False)
+    student, teacher = logits(5, 11, "cpu"), logits(5, 11, "cpu")
+    tau = torch.full((5,), 2.0)
+    with pytest.raises(ValueError, match="CPU tensors run only in the Triton interpreter"):
+        torch.ops.tskd_fast.kd_loss_triton(student, teacher, None, tau, 0, 0.9, True, 0.0, -100, False)
+
+
+_AOT_BODY = """
+from tskd_fast.ops.triton import kd_loss as K
+from tskd_fast.ops.triton._config import row_block_config
+
+def kd_signature(dtype):
+    s = {"z_ptr": "*" + dtype, "v_ptr": "*" + dtype, "y_ptr": "*i64", "tau_ptr": "*fp32",
+         "params_ptr": "*fp32", "loss_ptr": "*fp32", "grad_ptr": "*" + dtype, "flag_ptr": "*i32"}
+    s.update({k: "i32" for k in ("n_rows", "n_cols", "z_row_stride", "v_row_stride",
+                                 "grad_row_stride", "ignore_index")})
+    s.update({k: "fp32" for k in ("lsr_on_arg", "lsr_off_arg", "lsr_neg_entropy_arg",
+                                  "ce_weight_arg", "grad_scale_arg")})
+    return s
+
+for classes, dtype in ((100, "fp32"), (1000, "bf16"), (4096, "fp16"), (32000, "fp32")):
+    cfg = row_block_config(classes)
+    for ka in (0, 1, 2):
+        has_target = ka != 0 or classes == 100
+        c = dict(KA=ka, SCALE_TAU2=True, HAS_TARGET=has_target, HAS_CE=has_target,
+                 WRITE_GRAD=classes != 1000, PARAMS_IN_MEMORY=False, ACC=tl.float32,
+                 ROWS=cfg.rows, BLOCK_C=cfg.block_c, SINGLE_CHUNK=cfg.single_chunk)
+        build(K._kd_loss_kernel, kd_signature(dtype), c, cfg.num_warps, f"kd_loss C={classes} {dtype} ka={ka}")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", TRITON)
+def test_kernels_compile_for_sm90_without_spills(backend):
+    compile_for_sm90_without_spills(_AOT_BODY, variants=12)

@@ -1,15 +1,36 @@
 """tskd_fast::kd_loss on every backend as a PyTorch op: opcheck, float64 gradcheck,
-torch.compile(fullgraph=True), the op's reductions, and its own input checks."""
+torch.compile(fullgraph=True), the op's reductions, and its own input checks; how the Triton op
+checks values (folded into the kernel: one error flag, named by the spec's value check on the CPU,
+one asynchronous device assert on CUDA)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import device_of, kernel_backends
+from tests.row_inputs import (
+    assert_no_separate_value_checks,
+    assert_searched_only_when_flagged,
+    device_flag_message,
+)
 from tskd_fast import functional as F
 from tskd_fast.ops import op_for
 
 BACKENDS = kernel_backends()
+TRITON = [b for b in BACKENDS if b == "triton"]
 pytestmark = pytest.mark.skipif(not BACKENDS, reason="no fused backend built")
+
+if TRITON:
+    from tskd_fast.ops.triton import _launch
+    from tskd_fast.ops.triton import kd_loss as triton_kd
+
+REPO = Path(__file__).resolve().parents[1]
+KD_OP = "tskd_fast::kd_loss_triton"
 
 # The Triton interpreter is slow and opcheck calls the op many times: fewer cases there.
 OPCHECK_DTYPES = {
@@ -202,7 +223,7 @@ def test_op_errors_name_the_argument(backend):
     call(y=torch.full_like(target, 7), ignore=7)
     if not on_cpu:
         # On CUDA bad values fail a device assert, which loses the CUDA context (as the CUDA C++
-        # kernels' asserts do): test_kd_loss_triton_launch checks that in a subprocess.
+        # kernels' asserts do): test_bad_label_on_cuda_fails_an_async_assert checks that in a subprocess.
         return
     bad_target = target.clone()
     bad_target[3] = 11
@@ -215,3 +236,91 @@ def test_op_errors_name_the_argument(backend):
     bad_tau[2] = float("nan")
     with pytest.raises(ValueError, match=r"temperature must be finite and > 0, got temperature\[2\] = nan"):
         call(t=bad_tau)
+
+
+# ---------------------------------------------------------------------------------------------
+# Value checks: the C++ op reads the values on the CPU; the Triton kernel flags a bad one
+
+
+@pytest.mark.parametrize("backend", TRITON)
+def test_valid_calls_run_no_separate_value_checks(backend):
+    if device_of(backend) != "cpu":
+        pytest.skip("counts the ops of the interpreter path")
+    student, teacher, target, tau = sample(backend, 6, 9)
+    args = (student, teacher, target, tau, 1, 0.9, True, 0.5, -100, True)
+    assert_no_separate_value_checks(lambda: torch.ops.tskd_fast.kd_loss_triton(*args))
+
+
+@pytest.mark.parametrize("backend", TRITON)
+def test_inputs_are_searched_only_when_the_kernel_flags(backend, monkeypatch):
+    """The named errors come from the flag: with the host search stubbed out, a valid call never
+    reaches it and a bad one still fails, with the fallback message."""
+    if device_of(backend) != "cpu":
+        pytest.skip("on CUDA the flag is asserted on the device (test_cuda_flag_is_one_async_assert)")
+    student, teacher, target, tau = sample(backend, 6, 9)
+    bad = target.clone()
+    bad[2] = 99
+    options = (1, 0.9, True, 0.5, -100, True)
+    assert_searched_only_when_flagged(
+        monkeypatch,
+        triton_kd,
+        lambda: torch.ops.tskd_fast.kd_loss_triton(student, teacher, target, tau, *options),
+        lambda: torch.ops.tskd_fast.kd_loss_triton(student, teacher, bad, tau, *options),
+        f"{KD_OP}: the kernel flagged an invalid value",
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_bad_value_is_named_by_the_spec_check(backend):
+    """The C++ op's value check and the Triton kernel's flag (named by the spec's value check)
+    raise the same ValueError."""
+    if device_of(backend) != "cpu":
+        pytest.skip(
+            "on CUDA a bad value fails a device assert (test_bad_label_on_cuda_fails_an_async_assert)"
+        )
+    op = op_for(backend, "kd_loss")
+    student, teacher, target, tau = sample(backend, 6, 9)
+    bad = target.clone()
+    bad[2] = 99
+    with pytest.raises(ValueError, match=r"target\[2\] = 99 is out of range"):
+        op(student, teacher, bad, tau, 1, 0.9, True, 0.5, -100, True)
+    bad_tau = tau.clone()
+    bad_tau[4] = 0.0
+    with pytest.raises(ValueError, match=r"temperature must be finite and > 0, got temperature\[4\] = 0"):
+        op(student, teacher, target, bad_tau, 1, 0.9, True, 0.5, -100, True)
+
+
+@pytest.mark.parametrize("backend", TRITON)
+def test_cuda_flag_is_one_async_assert(backend, monkeypatch):
+    """A flag on a non-CPU device is never read on the host: one _assert_async with the op name."""
+    message = device_flag_message(monkeypatch, _launch, KD_OP, triton_kd._WHAT)
+    assert message.startswith(f"{KD_OP}: a target label is out of range")
+    assert "temperature" in message
+
+
+_ASSERT_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    import tskd_fast.ops.triton.kd_loss  # registers the op
+    z = torch.randn(4, 7, device="cuda")
+    y = torch.tensor([0, 1, 7, 2], device="cuda")
+    tau = torch.ones(4, device="cuda")
+    torch.ops.tskd_fast.kd_loss_triton(z, z, y, tau, 0, 0.9, True, 0.0, -100, False)
+    print("launched", flush=True)
+    torch.cuda.synchronize()
+    print("no assert")
+    """
+)
+
+
+@pytest.mark.parametrize("backend", TRITON)
+def test_bad_label_on_cuda_fails_an_async_assert(backend):
+    if device_of(backend) != "cuda":
+        pytest.skip("needs a CUDA GPU")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", _ASSERT_SCRIPT], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert "launched" in done.stdout and "no assert" not in done.stdout, done.stdout + done.stderr
+    assert done.returncode != 0 and "assert" in done.stderr.lower(), done.stderr[-2000:]

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from tskd_fast.cli import main
+from tskd_fast.distillers.base import Distiller
 from tskd_fast.engine.checkpoint import CHECKPOINT, FINAL
 
 TINY = [
@@ -161,7 +162,33 @@ def test_unwritable_output_dir(tmp_path, capsys):
     assert os.path.isfile(blocker)
 
 
-def test_bf16_autocast_and_channels_last_on_cpu(tmp_path):
+def test_bf16_autocast_and_channels_last_on_cpu(tmp_path, monkeypatch):
+    """trainer.amp and trainer.channels_last take effect: every training step runs under bf16
+    autocast, on channels_last images, with the student's conv weights and activations in
+    channels_last."""
+    steps = []
+    activations = []
+    forward_train = Distiller.forward_train
+
+    def recording_forward_train(self, image, target, **kwargs):
+        convs = [m for m in self.student.modules() if isinstance(m, torch.nn.Conv2d)]
+        if not activations:  # the first conv sees the full 32x32 image: its layout is telling
+            convs[0].register_forward_hook(lambda m, i, out: activations.append(out))
+        logits, losses = forward_train(self, image, target, **kwargs)
+        steps.append(
+            {
+                "autocast": torch.is_autocast_enabled("cpu"),
+                "autocast_dtype": torch.get_autocast_dtype("cpu"),
+                "images_channels_last": image.is_contiguous(memory_format=torch.channels_last),
+                "weights_channels_last": all(
+                    c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs
+                ),
+                "logits_dtype": logits.dtype,
+            }
+        )
+        return logits, losses
+
+    monkeypatch.setattr(Distiller, "forward_train", recording_forward_train)
     rc = _run(
         tmp_path,
         "distiller.name=vanilla",
@@ -172,3 +199,16 @@ def test_bf16_autocast_and_channels_last_on_cpu(tmp_path):
     )
     assert rc == 0
     assert json.loads((tmp_path / "results.json").read_text())["test_top1"] is not None
+    assert len(steps) == 4  # 128 images in batches of 32
+    for step in steps:
+        assert step == {
+            "autocast": True,
+            "autocast_dtype": torch.bfloat16,
+            "images_channels_last": True,
+            "weights_channels_last": True,
+            "logits_dtype": torch.bfloat16,
+        }
+    first = activations[0]
+    assert first.dim() == 4 and first.shape[-1] > 1 and first.dtype == torch.bfloat16
+    assert first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous()
+    assert not torch.is_autocast_enabled("cpu")  # the trainer leaves no autocast behind

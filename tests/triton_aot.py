@@ -1,6 +1,7 @@
 """Compiling Triton kernels for a real GPU (sm_90) without one, and reading their resource use:
 the interpreter does not catch everything the compiler rejects (non-constexpr globals,
-loop-carried type changes), nor register spills. Used by the <family>_triton tests."""
+loop-carried type changes), nor register spills. Used by the Triton-only tests of the
+test_<family>_kernels files."""
 
 import json
 import os

@@ -64,29 +64,31 @@ def _labels(target) -> torch.Tensor | None:
     return target if target.dtype == torch.int64 else target.long()
 
 
-def _teacher_like(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
-    """The teacher logits detached, in the student's dtype when both are floating."""
-    if type(teacher) is torch.Tensor and teacher.dtype is student.dtype and not teacher.requires_grad:
+def _teacher_like(teacher: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The teacher logits detached, in the student's dtype `dtype` when both are floating."""
+    if type(teacher) is torch.Tensor and teacher.dtype is dtype and not teacher.requires_grad:
         return teacher
     check_tensor(teacher, "teacher_logits")
     if teacher.requires_grad:
         teacher = teacher.detach()
-    if teacher.dtype != student.dtype and teacher.is_floating_point() and student.is_floating_point():
-        teacher = teacher.to(student.dtype)
+    if teacher.dtype != dtype and teacher.is_floating_point() and dtype.is_floating_point:
+        teacher = teacher.to(dtype)
     return teacher
 
 
-def _temperature_rows(temperature: float | torch.Tensor, student: torch.Tensor) -> torch.Tensor:
-    """temperature as a detached (B,) tensor of the kernels' compute dtype on the logits' device;
-    a float is checked here (> 0), a tensor's values by the op."""
-    rows = student.shape[0] if student.dim() > 0 else 0
-    dtype = opmath_dtype(student.dtype)
+def _temperature_rows(
+    temperature: float | torch.Tensor, rows: int, logits_dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """temperature as a detached (rows,) tensor of the kernels' compute dtype for logits of
+    `logits_dtype` on the logits' `device`; a float is checked here (> 0), a tensor's values by
+    the op."""
+    dtype = torch.float64 if logits_dtype is torch.float64 else torch.float32  # opmath_dtype
     if isinstance(temperature, torch.Tensor):
         if (  # already what the op takes (dtd_temperature's output): the common case, checked first
             temperature.dtype is dtype
             and temperature.shape == (rows,)
             and not temperature.requires_grad
-            and temperature.device == student.device
+            and temperature.device == device
         ):
             return temperature
         if temperature.dim() > 1 or (temperature.dim() == 1 and temperature.shape[0] not in (rows, 1)):
@@ -94,13 +96,11 @@ def _temperature_rows(temperature: float | torch.Tensor, student: torch.Tensor) 
                 f"temperature must be a float, a 0-d tensor or a tensor of shape (batch,) = ({rows},), "
                 f"got shape {shape_str(temperature.shape)}"
             )
-        if temperature.device != student.device and temperature.numel() != 1:
-            raise ValueError(
-                f"temperature is on {temperature.device} but student_logits is on {student.device}"
-            )
+        if temperature.device != device and temperature.numel() != 1:
+            raise ValueError(f"temperature is on {temperature.device} but student_logits is on {device}")
         tau = temperature.detach() if temperature.requires_grad else temperature
-        if tau.device != student.device or tau.dtype != dtype:
-            tau = tau.to(device=student.device, dtype=dtype)
+        if tau.device != device or tau.dtype != dtype:
+            tau = tau.to(device=device, dtype=dtype)
         if tau.dim() != 1 or tau.shape[0] != rows:
             tau = tau.expand(rows).contiguous()
         return tau
@@ -109,8 +109,8 @@ def _temperature_rows(temperature: float | torch.Tensor, student: torch.Tensor) 
     if not (temperature > 0 and temperature != float("inf")):
         raise ValueError(f"temperature must be finite and > 0, got {temperature}")
     if torch.compiler.is_compiling():
-        return torch.full((rows,), float(temperature), dtype=dtype, device=student.device)
-    return _constant_rows(float(temperature), rows, dtype, student.device)
+        return torch.full((rows,), float(temperature), dtype=dtype, device=device)
+    return _constant_rows(float(temperature), rows, dtype, device)
 
 
 # (B,) tensors of one constant temperature, kept for the next call of the same shape: a fixed T is
@@ -175,13 +175,15 @@ def kd_loss(
         scale_tau2 = _code("scale", scale, SCALES)
         reduction_code = _code("reduction", reduction, REDUCTIONS)
     check_tensor(student_logits, "student_logits")
-    chosen = resolve_backend(backend, student_logits.device)
-    teacher = _teacher_like(teacher_logits, student_logits)
+    # A tensor attribute read is not free on a tiny call's host path: the student's are read once.
+    device, dtype, shape = student_logits.device, student_logits.dtype, student_logits.shape
+    chosen = resolve_backend(backend, device)
+    teacher = _teacher_like(teacher_logits, dtype)
     target = _labels(target)
-    tau = _temperature_rows(temperature, student_logits)
+    rows = shape[0] if shape else 0
+    tau = _temperature_rows(temperature, rows, dtype, device)
     # The mean's 1/B goes into the gradient the kernel writes (tskd_fast/ops/kd_loss.py).
-    shape = student_logits.shape
-    grad_scale = 1.0 / shape[0] if reduction_code == 2 and shape and shape[0] > 0 else 1.0
+    grad_scale = 1.0 / rows if reduction_code == 2 and rows > 0 else 1.0
     compute_grad = student_logits.requires_grad and torch.is_grad_enabled()
     args = (
         student_logits,
@@ -203,7 +205,7 @@ def kd_loss(
             student_logits, teacher, target, tau, ka, lsr_p, scale, ce_weight, ignore_index, reduction
         )
     loss, _ = call(KD_LOSS, chosen, args)
-    return loss if loss.dtype == student_logits.dtype else loss.to(student_logits.dtype)
+    return loss if loss.dtype is dtype else loss.to(dtype)
 
 
 def dtd_weight(
@@ -245,7 +247,7 @@ def _dtd_args(student_logits, teacher_logits, mode, gamma, target, ka, ignore_in
     uses_ka = ka_code == 1 and mode_code == 0  # probability shift with flsw
     return (
         student_logits,
-        _teacher_like(teacher_logits, student_logits),
+        _teacher_like(teacher_logits, student_logits.dtype),
         _labels(target) if uses_ka else None,
         mode_code,
         float(gamma),

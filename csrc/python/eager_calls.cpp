@@ -3,12 +3,15 @@
 #define FMT_HEADER_ONLY
 #include "python/eager_calls.h"
 
+#include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/autograd/utils/wrap_outputs.h>
 #include <torch/csrc/utils/python_arg_parser.h>
+#include <torch/csrc/utils/python_numbers.h>
 
+#include <cstring>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -36,6 +39,71 @@ struct ReleaseGil {
 #define TSKD_FAST_NONE_IF_TORCH_FUNCTION(r) \
   if ((r).has_torch_function()) Py_RETURN_NONE
 
+// The common call, read without torch's argument parser: every argument positional and of its
+// plain type (torch.Tensor or Parameter exactly, int, float, bool, None), and no torch function
+// mode active, so nothing can have __torch_function__. The general parser also tries each
+// argument as a subclass and as a numpy scalar, which costs about as much as a tiny op's kernel.
+// `types` has one letter an argument: T a tensor, O a tensor or None, i an int, d a float (or an
+// int), b a bool. The readers are named as torch::PythonArgs's, so one call body serves both.
+class PlainArgs {
+ public:
+  PlainArgs(PyObject* args, PyObject* kwargs, const char* types) {
+    const auto count = static_cast<Py_ssize_t>(std::strlen(types));
+    if ((kwargs != nullptr && PyDict_GET_SIZE(kwargs) != 0) || PyTuple_GET_SIZE(args) != count ||
+        at::impl::torch_function_mode_enabled()) {
+      return;
+    }
+    for (Py_ssize_t i = 0; i < count; ++i) {
+      if (!plain(PyTuple_GET_ITEM(args, i), types[i])) return;
+    }
+    args_ = args;
+  }
+
+  bool ok() const { return args_ != nullptr; }
+  at::Tensor tensor(int i) const { return THPVariable_Unpack(item(i)); }
+  std::optional<at::Tensor> optionalTensor(int i) const {
+    PyObject* obj = item(i);
+    return obj == Py_None ? std::nullopt : std::optional<at::Tensor>(THPVariable_Unpack(obj));
+  }
+  int64_t toInt64(int i) const { return THPUtils_unpackLong(item(i)); }
+  double toDouble(int i) const { return THPUtils_unpackDouble(item(i)); }
+  bool toBool(int i) const { return item(i) == Py_True; }
+
+ private:
+  static bool plain(PyObject* obj, char type) {
+    switch (type) {
+      case 'T':
+        return THPVariable_CheckExact(obj);
+      case 'O':
+        return obj == Py_None || THPVariable_CheckExact(obj);
+      case 'i':
+        return PyLong_CheckExact(obj);
+      case 'd':
+        return PyFloat_CheckExact(obj) || PyLong_CheckExact(obj);
+      case 'b':
+        return PyBool_Check(obj);
+      default:
+        return false;
+    }
+  }
+  PyObject* item(int i) const { return PyTuple_GET_ITEM(args_, i); }
+
+  PyObject* args_ = nullptr;
+};
+
+// call(r) on the arguments read by PlainArgs when they are plain (`types`), else by `parser`
+// (which also takes keywords and subclasses); None for arguments with __torch_function__.
+template <typename Call>
+PyObject* parse_and_call(PyObject* args, PyObject* kwargs, const char* types,
+                         torch::PythonArgParser& parser, const Call& call) {
+  PlainArgs plain(args, kwargs, types);
+  if (plain.ok()) return call(plain);
+  torch::ParsedArgs<12> parsed;
+  auto r = parser.parse(args, kwargs, parsed);
+  TSKD_FAST_NONE_IF_TORCH_FUNCTION(r);
+  return call(r);
+}
+
 using KdLossSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                            const OptionalTensor&, const at::Tensor&,
                                                            int64_t, double, bool, double, int64_t,
@@ -49,21 +117,20 @@ PyObject* kd_loss(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
       "double lsr_p, bool scale_tau2, double ce_weight, int64_t ignore_index, bool compute_grad, "
       "double grad_scale, int64_t reduction)",
   });
-  torch::ParsedArgs<12> parsed;
-  auto r = parser.parse(args, kwargs, parsed);
-  TSKD_FAST_NONE_IF_TORCH_FUNCTION(r);
-  std::tuple<at::Tensor, at::Tensor> out;
-  {
-    const at::Tensor student = r.tensor(0), teacher = r.tensor(1), temperature = r.tensor(3);
-    const OptionalTensor target = r.optionalTensor(2);
-    const int64_t ka = r.toInt64(4), ignore_index = r.toInt64(8), reduction = r.toInt64(11);
-    const double lsr_p = r.toDouble(5), ce_weight = r.toDouble(7), grad_scale = r.toDouble(10);
-    const bool scale_tau2 = r.toBool(6), compute_grad = r.toBool(9);
-    ReleaseGil no_gil;
-    out = op.call(student, teacher, target, temperature, ka, lsr_p, scale_tau2, ce_weight,
-                  ignore_index, compute_grad, grad_scale, reduction);
-  }
-  return torch::autograd::utils::wrap(std::move(out));
+  return parse_and_call(args, kwargs, "TTOTidbdibdi", parser, [](auto& r) {
+    std::tuple<at::Tensor, at::Tensor> out;
+    {
+      const at::Tensor student = r.tensor(0), teacher = r.tensor(1), temperature = r.tensor(3);
+      const OptionalTensor target = r.optionalTensor(2);
+      const int64_t ka = r.toInt64(4), ignore_index = r.toInt64(8), reduction = r.toInt64(11);
+      const double lsr_p = r.toDouble(5), ce_weight = r.toDouble(7), grad_scale = r.toDouble(10);
+      const bool scale_tau2 = r.toBool(6), compute_grad = r.toBool(9);
+      ReleaseGil no_gil;
+      out = op.call(student, teacher, target, temperature, ka, lsr_p, scale_tau2, ce_weight,
+                    ignore_index, compute_grad, grad_scale, reduction);
+    }
+    return torch::autograd::utils::wrap(std::move(out));
+  });
   END_HANDLE_TH_ERRORS
 }
 
@@ -79,21 +146,20 @@ PyObject* dtd_temperature(PyObject* /*self*/, PyObject* args, PyObject* kwargs) 
       "double gamma, int64_t ka, int64_t ignore_index, double t0, double beta, "
       "double min_temperature)",
   });
-  torch::ParsedArgs<10> parsed;
-  auto r = parser.parse(args, kwargs, parsed);
-  TSKD_FAST_NONE_IF_TORCH_FUNCTION(r);
-  at::Tensor out;
-  {
-    const at::Tensor student = r.tensor(0), teacher = r.tensor(1);
-    const OptionalTensor target = r.optionalTensor(2);
-    const int64_t mode = r.toInt64(3), ka = r.toInt64(5), ignore_index = r.toInt64(6);
-    const double gamma = r.toDouble(4), t0 = r.toDouble(7), beta = r.toDouble(8),
-                 min_temperature = r.toDouble(9);
-    ReleaseGil no_gil;
-    out =
-        op.call(student, teacher, target, mode, gamma, ka, ignore_index, t0, beta, min_temperature);
-  }
-  return THPVariable_Wrap(std::move(out));
+  return parse_and_call(args, kwargs, "TTOidiiddd", parser, [](auto& r) {
+    at::Tensor out;
+    {
+      const at::Tensor student = r.tensor(0), teacher = r.tensor(1);
+      const OptionalTensor target = r.optionalTensor(2);
+      const int64_t mode = r.toInt64(3), ka = r.toInt64(5), ignore_index = r.toInt64(6);
+      const double gamma = r.toDouble(4), t0 = r.toDouble(7), beta = r.toDouble(8),
+                   min_temperature = r.toDouble(9);
+      ReleaseGil no_gil;
+      out = op.call(student, teacher, target, mode, gamma, ka, ignore_index, t0, beta,
+                    min_temperature);
+    }
+    return THPVariable_Wrap(std::move(out));
+  });
   END_HANDLE_TH_ERRORS
 }
 
@@ -107,19 +173,18 @@ PyObject* dtd_weight(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
       "dtd_weight(Tensor student, Tensor teacher, Tensor? target, int64_t mode, double gamma, "
       "int64_t ka, int64_t ignore_index)",
   });
-  torch::ParsedArgs<7> parsed;
-  auto r = parser.parse(args, kwargs, parsed);
-  TSKD_FAST_NONE_IF_TORCH_FUNCTION(r);
-  at::Tensor out;
-  {
-    const at::Tensor student = r.tensor(0), teacher = r.tensor(1);
-    const OptionalTensor target = r.optionalTensor(2);
-    const int64_t mode = r.toInt64(3), ka = r.toInt64(5), ignore_index = r.toInt64(6);
-    const double gamma = r.toDouble(4);
-    ReleaseGil no_gil;
-    out = op.call(student, teacher, target, mode, gamma, ka, ignore_index);
-  }
-  return THPVariable_Wrap(std::move(out));
+  return parse_and_call(args, kwargs, "TTOidii", parser, [](auto& r) {
+    at::Tensor out;
+    {
+      const at::Tensor student = r.tensor(0), teacher = r.tensor(1);
+      const OptionalTensor target = r.optionalTensor(2);
+      const int64_t mode = r.toInt64(3), ka = r.toInt64(5), ignore_index = r.toInt64(6);
+      const double gamma = r.toDouble(4);
+      ReleaseGil no_gil;
+      out = op.call(student, teacher, target, mode, gamma, ka, ignore_index);
+    }
+    return THPVariable_Wrap(std::move(out));
+  });
   END_HANDLE_TH_ERRORS
 }
 
@@ -135,18 +200,17 @@ PyObject* convlstm_gates(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
   static torch::PythonArgParser parser({
       "convlstm_gates(Tensor gates, Tensor c_prev, Tensor? w_ci, Tensor? w_cf, Tensor? w_co)",
   });
-  torch::ParsedArgs<5> parsed;
-  auto r = parser.parse(args, kwargs, parsed);
-  TSKD_FAST_NONE_IF_TORCH_FUNCTION(r);
-  std::tuple<at::Tensor, at::Tensor> out;
-  {
-    const at::Tensor gates = r.tensor(0), c_prev = r.tensor(1);
-    const OptionalTensor w_ci = r.optionalTensor(2), w_cf = r.optionalTensor(3),
-                         w_co = r.optionalTensor(4);
-    ReleaseGil no_gil;
-    out = op.call(gates, c_prev, w_ci, w_cf, w_co);
-  }
-  return torch::autograd::utils::wrap(std::move(out));
+  return parse_and_call(args, kwargs, "TTOOO", parser, [](auto& r) {
+    std::tuple<at::Tensor, at::Tensor> out;
+    {
+      const at::Tensor gates = r.tensor(0), c_prev = r.tensor(1);
+      const OptionalTensor w_ci = r.optionalTensor(2), w_cf = r.optionalTensor(3),
+                           w_co = r.optionalTensor(4);
+      ReleaseGil no_gil;
+      out = op.call(gates, c_prev, w_ci, w_cf, w_co);
+    }
+    return torch::autograd::utils::wrap(std::move(out));
+  });
   END_HANDLE_TH_ERRORS
 }
 
@@ -159,16 +223,15 @@ PyObject* abf_fuse(PyObject* /*self*/, PyObject* args, PyObject* kwargs) {
   static torch::PythonArgParser parser({
       "abf_fuse(Tensor x, Tensor y, Tensor weight, Tensor bias)",
   });
-  torch::ParsedArgs<4> parsed;
-  auto r = parser.parse(args, kwargs, parsed);
-  TSKD_FAST_NONE_IF_TORCH_FUNCTION(r);
-  std::tuple<at::Tensor, at::Tensor> out;
-  {
-    const at::Tensor x = r.tensor(0), y = r.tensor(1), weight = r.tensor(2), bias = r.tensor(3);
-    ReleaseGil no_gil;
-    out = op.call(x, y, weight, bias);
-  }
-  return torch::autograd::utils::wrap(std::move(out));
+  return parse_and_call(args, kwargs, "TTTT", parser, [](auto& r) {
+    std::tuple<at::Tensor, at::Tensor> out;
+    {
+      const at::Tensor x = r.tensor(0), y = r.tensor(1), weight = r.tensor(2), bias = r.tensor(3);
+      ReleaseGil no_gil;
+      out = op.call(x, y, weight, bias);
+    }
+    return torch::autograd::utils::wrap(std::move(out));
+  });
   END_HANDLE_TH_ERRORS
 }
 

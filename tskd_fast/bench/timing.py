@@ -33,7 +33,7 @@ def quiet_compile_workers() -> None:
 
 @dataclass(frozen=True)
 class Stats:
-    """Per-call wall time in milliseconds over `samples` samples of `inner` calls each."""
+    """Per-call time in milliseconds over `samples` samples of `inner` calls each."""
 
     median: float
     p20: float
@@ -87,10 +87,13 @@ def last_level_cache_bytes(device: torch.device) -> int:
 
 
 class Timer:
-    """Times `calls` calls of fn: perf_counter on the CPU, CUDA events on the GPU."""
+    """Times `calls` calls of fn: on the CPU perf_counter, or with `thread_time` the calling
+    thread's CPU time (time.thread_time: what the host spends on the calls, without the time other
+    processes of a shared machine hold the core); CUDA events on the GPU."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, thread_time: bool = False) -> None:
         self.cuda = device.type == "cuda"
+        self.clock = time.thread_time if thread_time else time.perf_counter
 
     def sync(self) -> None:
         if self.cuda:
@@ -107,10 +110,10 @@ class Timer:
             end.record()
             end.synchronize()
             return start.elapsed_time(end) / calls
-        begin = time.perf_counter()
+        begin = self.clock()
         for _ in range(calls):
             fn()
-        return (time.perf_counter() - begin) * 1e3 / calls
+        return (self.clock() - begin) * 1e3 / calls
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,8 @@ class Plan:
     """How long to measure: `warmup` calls each, then rounds until `repeat` rounds are done or
     `max_seconds` have passed (at least `min_repeat` rounds); samples last at least
     `min_sample_ms` (several calls per sample for fast calls); `cold` flushes the caches before
-    each single-call sample."""
+    each single-call sample; `thread_time` times CPU calls by the calling thread's CPU time
+    (Timer)."""
 
     warmup: int = 3
     repeat: int = 20
@@ -126,6 +130,7 @@ class Plan:
     max_seconds: float = 10.0
     min_sample_ms: float = 0.2
     cold: bool = False
+    thread_time: bool = False
 
 
 def warm_up(
@@ -155,7 +160,7 @@ def measure(
 ) -> dict[str, Stats]:
     """Alternating measurement of already warmed-up fns; call_ms (from warm_up) sizes the samples."""
     names = list(fns)
-    timer = Timer(device)
+    timer = Timer(device, plan.thread_time)
     flush = CacheFlusher(device) if plan.cold else None
     inner = {}
     for name in names:

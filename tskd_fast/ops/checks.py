@@ -12,8 +12,6 @@ import math
 
 import torch
 
-from tskd_fast.ops.common import opmath_dtype
-
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -128,6 +126,3 @@ def check_temperature_values(temperature: torch.Tensor) -> None:
     index = int((~ok).nonzero()[0, 0])
     fail(f"temperature must be finite and > 0, got temperature[{index}] = {num(float(temperature[index]))}")
 
-
-def opmath_of(student: torch.Tensor) -> torch.dtype:
-    return opmath_dtype(student.dtype)

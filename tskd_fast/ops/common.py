@@ -57,7 +57,9 @@ def values_readable(t: torch.Tensor) -> bool:
     """Whether `t` holds real values that may be read now on the host: an eager plain CPU tensor,
     not traced, faked or compiled (csrc/autograd/saved_gradient.h: values_readable). Never true on
     CUDA, where a read would synchronise the stream; False when this torch cannot tell."""
-    if t.device.type != "cpu" or type(t) is not torch.Tensor or torch.compiler.is_compiling():
+    # is_cpu / is_cuda rather than device.type, which is slow to read (benchmarks/README.md,
+    # "Kernel design measurements").
+    if not t.is_cpu or type(t) is not torch.Tensor or torch.compiler.is_compiling():
         return False
     if _get_dispatch_mode is None or len(_TRACING_MODES) != 3:
         return False
@@ -87,7 +89,7 @@ def scale_saved_gradient(
     would synchronise the stream, which costs more than the pass. The C++ twin:
     csrc/autograd/saved_gradient.cpp (the same gradients).
     """
-    if saved.device.type == "cpu" and _incoming_is_grad_scale(incoming, weight, grad_scale):
+    if saved.is_cpu and _incoming_is_grad_scale(incoming, weight, grad_scale):
         return saved
     factor = incoming * (weight / grad_scale)
     if factor.dim() == 1 and saved.dim() > 1:
@@ -102,6 +104,6 @@ def device_guard(t: torch.Tensor) -> contextlib.AbstractContextManager:
     launches on the current device and stream, and torch.library.custom_op adds no device guard,
     so inputs on cuda:1 while cuda:0 is current would run on the wrong device. A no-op for CPU
     tensors (the interpreter)."""
-    if t.device.type != "cuda":
+    if not t.is_cuda:
         return contextlib.nullcontext()
     return torch.cuda.device(t.device)

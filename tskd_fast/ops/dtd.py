@@ -56,19 +56,10 @@ def check_dtd_weight(
         checks.fail(f"gamma must be finite and >= 0, got {checks.num(gamma)}")
 
 
-def check_dtd_temperature(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    target: torch.Tensor | None,
-    mode: int,
-    gamma: float,
-    ka: int,
-    ignore_index: int,
-    t0: float,
-    beta: float,
-    min_temperature: float,
-) -> None:
-    check_dtd_weight(student, teacher, target, mode, gamma, ka, ignore_index)
+def check_dtd_temperature(*args) -> None:
+    """dtd_weight's check of the first seven arguments, then t0, beta and min_temperature."""
+    check_dtd_weight(*args[:7])
+    t0, beta, min_temperature = args[7:]
     if not (math.isfinite(t0) and t0 > 0):
         checks.fail(f"t0 must be finite and > 0, got {checks.num(t0)}")
     if not math.isfinite(beta):

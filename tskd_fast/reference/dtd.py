@@ -50,7 +50,7 @@ def temperatures_from_weights(
     temperature stays finite and > 0: no error on the CPU, no device assert on CUDA. Decided on
     the device, without a host sync.
     """
-    if w.device.type == "cpu" and not torch.compiler.is_compiling():
+    if w.is_cpu and not torch.compiler.is_compiling():
         # Host checks are free on the CPU: when the mean is finite every weight is, and the
         # masked form below (ten small ops, most of a small batch's DTD time) is not needed.
         mean = w.mean()

@@ -1,5 +1,5 @@
-"""Launch-time helpers shared by the Triton ops: the interpreter, and the error flag through which
-the kernels report a bad value."""
+"""Launch-time helpers shared by the Triton ops: the interpreter, the kernels' compute type, and the
+error flag through which the kernels report a bad value."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import triton.language as tl
+
+from tskd_fast.ops.common import opmath_dtype
 
 
 def runs_in_interpreter(kernel) -> bool:
@@ -28,9 +31,15 @@ def quiet_interpreter(interpreted: bool) -> contextlib.AbstractContextManager:
     return np.errstate(all="ignore") if interpreted else contextlib.nullcontext()
 
 
+def opmath_tl(dtype: torch.dtype) -> tl.dtype:
+    """The Triton type the kernels compute in for inputs of `dtype` (the ACC constexpr):
+    tskd_fast.ops.common.opmath_dtype as a Triton type."""
+    return tl.float64 if opmath_dtype(dtype) == torch.float64 else tl.float32
+
+
 def check_device_runs_triton(t: torch.Tensor, interpreted: bool) -> None:
     """CPU tensors run only in the Triton interpreter; say so instead of failing in the launcher."""
-    if t.device.type == "cpu" and not interpreted:
+    if t.is_cpu and not interpreted:
         raise ValueError(
             "CPU tensors run only in the Triton interpreter (TRITON_INTERPRET=1 set before triton is "
             "imported); use CUDA tensors, or the 'cpu' backend"
@@ -53,7 +62,7 @@ def raise_if_flagged(flag: torch.Tensor, op: str, what: str, name_bad_value: Cal
     in the kernel: the next synchronising call fails and the CUDA context is lost, as after any
     device assert. `what` says which values the kernel checked.
     """
-    if flag.device.type != "cpu":
+    if not flag.is_cpu:
         torch._assert_async(flag, f"{op}: {what}")
         return
     if bool(flag[0]):

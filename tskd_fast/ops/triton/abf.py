@@ -22,7 +22,12 @@ import triton.language as tl
 from tskd_fast.ops.abf import ABF_FUSE, ABF_FUSE_BACKWARD
 from tskd_fast.ops.common import empty_in_layout, kernel_channels_last, kernel_memory_format, opmath_dtype
 from tskd_fast.ops.library import define_triton
-from tskd_fast.ops.triton._launch import check_device_runs_triton, quiet_interpreter, runs_in_interpreter
+from tskd_fast.ops.triton._launch import (
+    check_device_runs_triton,
+    opmath_tl,
+    quiet_interpreter,
+    runs_in_interpreter,
+)
 
 BLOCK_P = 64
 BLOCK_C = 32
@@ -208,7 +213,7 @@ def abf_fuse_triton_impl(
             h * w,
             *_map_strides(x, channels_last),
             *_map_strides(y, channels_last),
-            ACC=tl.float64 if acc == torch.float64 else tl.float32,
+            ACC=opmath_tl(acc),
             BLOCK_P=BLOCK_P,
             BLOCK_C=BLOCK_C,
         )
@@ -244,7 +249,7 @@ def abf_fuse_backward_triton_impl(
             h * w,
             *_map_strides(x, channels_last),
             *_map_strides(y, channels_last),
-            ACC=tl.float64 if acc == torch.float64 else tl.float32,
+            ACC=opmath_tl(acc),
             BLOCK_P=BLOCK_P,
             BLOCK_C=BLOCK_C,
         )

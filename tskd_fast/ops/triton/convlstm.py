@@ -19,7 +19,12 @@ import triton.language as tl
 from tskd_fast.ops.common import kernel_channels_last, kernel_memory_format, opmath_dtype
 from tskd_fast.ops.convlstm import CONVLSTM_GATES, CONVLSTM_GATES_BACKWARD
 from tskd_fast.ops.library import define_triton
-from tskd_fast.ops.triton._launch import check_device_runs_triton, quiet_interpreter, runs_in_interpreter
+from tskd_fast.ops.triton._launch import (
+    check_device_runs_triton,
+    opmath_tl,
+    quiet_interpreter,
+    runs_in_interpreter,
+)
 
 # Positions per program and warps per program on the GPU. The forward holds 8 positions per
 # thread (32 B of each float32 operand); the backward keeps about twice the live values per
@@ -200,49 +205,20 @@ def _convlstm_backward_kernel(
     w_ci = _load(wci_ptr, pos, ok, ACC) if HAS_CI else zero
     w_cf = _load(wcf_ptr, pos, ok, ACC) if HAS_CF else zero
     w_co = _load(wco_ptr, pos, ok, ACC) if HAS_CO else zero
+    # With SUMS a program walks its positions through every sample and sums the peephole
+    # gradients over the batch; without, it owns its positions of one sample.
     if SUMS:
-        sum_ci = zero
-        sum_cf = zero
-        sum_co = zero
-        for b in range(0, n_batch):
-            t_ci, t_cf, t_co = _backward_sample(
-                tl.full([], 0, tl.int64) + b,
-                pos,
-                ok,
-                dh_ptr,
-                dc_ptr,
-                g_ptr,
-                cp_ptr,
-                w_ci,
-                w_cf,
-                w_co,
-                dg_ptr,
-                dcp_ptr,
-                n_pos,
-                n_cols,
-                gate_batch_stride,
-                gate_row_stride,
-                gate_block,
-                HAS_DH,
-                HAS_DC,
-                HAS_CI,
-                HAS_CF,
-                HAS_CO,
-                ACC,
-            )
-            sum_ci += t_ci
-            sum_cf += t_cf
-            sum_co += t_co
-        if HAS_CI:
-            tl.store(sci_ptr + pos, sum_ci, mask=ok)
-        if HAS_CF:
-            tl.store(scf_ptr + pos, sum_cf, mask=ok)
-        if HAS_CO:
-            tl.store(sco_ptr + pos, sum_co, mask=ok)
+        first = tl.full([], 0, tl.int64)
+        stop = n_batch
     else:
-        b = (pid // n_blocks).to(tl.int64)
-        _backward_sample(
-            b,
+        first = (pid // n_blocks).to(tl.int64)
+        stop = first + 1
+    sum_ci = zero
+    sum_cf = zero
+    sum_co = zero
+    for b in range(first, stop):
+        t_ci, t_cf, t_co = _backward_sample(
+            tl.full([], 0, tl.int64) + b,
             pos,
             ok,
             dh_ptr,
@@ -266,6 +242,17 @@ def _convlstm_backward_kernel(
             HAS_CO,
             ACC,
         )
+        if SUMS:
+            sum_ci += t_ci
+            sum_cf += t_cf
+            sum_co += t_co
+    if SUMS:
+        if HAS_CI:
+            tl.store(sci_ptr + pos, sum_ci, mask=ok)
+        if HAS_CF:
+            tl.store(scf_ptr + pos, sum_cf, mask=ok)
+        if HAS_CO:
+            tl.store(sco_ptr + pos, sum_co, mask=ok)
 
 
 # Whether the kernels run in the Triton interpreter (which also runs them on CPU tensors).
@@ -313,10 +300,6 @@ def _peephole_grad(sums, w, channels_last):
     return plane.to(w.dtype).reshape(w.shape)
 
 
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def convlstm_gates_triton_impl(
     gates: torch.Tensor,
     c_prev: torch.Tensor,
@@ -350,7 +333,7 @@ def convlstm_gates_triton_impl(
                 HAS_CI=ws[0] is not None,
                 HAS_CF=ws[1] is not None,
                 HAS_CO=ws[2] is not None,
-                ACC=_acc(gates.dtype),
+                ACC=opmath_tl(gates.dtype),
                 BLOCK=layout.block,
                 num_warps=NUM_WARPS,
             )
@@ -411,7 +394,7 @@ def convlstm_gates_backward_triton_impl(
                 HAS_CF=ws[1] is not None,
                 HAS_CO=ws[2] is not None,
                 SUMS=with_sums,
-                ACC=_acc(gates.dtype),
+                ACC=opmath_tl(gates.dtype),
                 BLOCK=layout.block,
                 num_warps=NUM_WARPS,
             )

@@ -23,6 +23,7 @@ from tskd_fast.ops.library import define_triton
 from tskd_fast.ops.triton._config import RowBlockConfig, row_block_config
 from tskd_fast.ops.triton._launch import (
     check_device_runs_triton,
+    opmath_tl,
     quiet_interpreter,
     raise_if_flagged,
     runs_in_interpreter,
@@ -182,7 +183,7 @@ def launch_dtd_weight(
             CHECK_LABELS=check_labels,
             SWAP=swap,
             PARAMS_IN_MEMORY=params_in_memory,
-            ACC=tl.float64 if acc == torch.float64 else tl.float32,
+            ACC=opmath_tl(acc),
             ROWS=cfg.rows,
             BLOCK_C=cfg.block_c,
             num_warps=cfg.num_warps,
@@ -222,20 +223,10 @@ def dtd_weight_triton_impl(
     return weight
 
 
-def dtd_temperature_triton_impl(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    target: torch.Tensor | None,
-    mode: int,
-    gamma: float,
-    ka: int,
-    ignore_index: int,
-    t0: float,
-    beta: float,
-    min_temperature: float,
-) -> torch.Tensor:
-    weight = dtd_weight_triton_impl(student, teacher, target, mode, gamma, ka, ignore_index)
-    return temperatures_from_weights(weight, t0, beta, min_temperature)
+def dtd_temperature_triton_impl(*args) -> torch.Tensor:
+    """The weights from the first seven arguments (dtd_weight's), then the temperatures from t0,
+    beta and min_temperature."""
+    return temperatures_from_weights(dtd_weight_triton_impl(*args[:7]), *args[7:])
 
 
 #: The op overloads, called like torch.ops.tskd_fast.dtd_weight.default / dtd_temperature.default.

@@ -22,7 +22,12 @@ import triton.language as tl
 from tskd_fast.ops.common import empty_in_layout, kernel_channels_last, opmath_dtype
 from tskd_fast.ops.hcl import HCL_LOSS
 from tskd_fast.ops.library import define_triton
-from tskd_fast.ops.triton._launch import check_device_runs_triton, quiet_interpreter, runs_in_interpreter
+from tskd_fast.ops.triton._launch import (
+    check_device_runs_triton,
+    opmath_tl,
+    quiet_interpreter,
+    runs_in_interpreter,
+)
 
 MAX_BLOCK = 1024
 
@@ -194,7 +199,7 @@ def _hcl_pair(
             *grad_strides,
             torch.tensor([grad_scale * 2.0 / norm], dtype=acc, device=device),
             WRITE_GRAD=bool(compute_grad),
-            ACC=tl.float64 if acc == torch.float64 else tl.float32,
+            ACC=opmath_tl(acc),
             BLOCK=block,
         )
     loss = planes.sum() / norm

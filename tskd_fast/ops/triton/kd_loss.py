@@ -30,6 +30,7 @@ from tskd_fast.ops.library import define_triton
 from tskd_fast.ops.triton._config import RowBlockConfig, row_block_config
 from tskd_fast.ops.triton._launch import (
     check_device_runs_triton,
+    opmath_tl,
     quiet_interpreter,
     raise_if_flagged,
     runs_in_interpreter,
@@ -445,7 +446,7 @@ def launch_kd_loss(
             HAS_CE=has_target and ce_weight != 0.0,
             WRITE_GRAD=bool(compute_grad),
             PARAMS_IN_MEMORY=params_in_memory,
-            ACC=tl.float64 if acc == torch.float64 else tl.float32,
+            ACC=opmath_tl(acc),
             ROWS=cfg.rows,
             BLOCK_C=cfg.block_c,
             SINGLE_CHUNK=cfg.single_chunk,
@@ -480,40 +481,20 @@ def kd_loss_triton_impl(
     reduction: int = REDUCE_NONE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The op on inputs its spec checked, on their CUDA device (tskd_fast.ops.library)."""
-    args = (
-        student,
-        teacher,
-        target,
-        temperature,
-        ka,
-        lsr_p,
-        scale_tau2,
-        ce_weight,
-        ignore_index,
-        compute_grad,
-    )
     check_device_runs_triton(student, INTERPRETED)
-    student = with_unit_class_stride(student)
-    teacher = with_unit_class_stride(teacher)
-    temperature = temperature.contiguous()
-    if target is not None:
-        target = target.contiguous()
+    inputs = (student, teacher, target, temperature)
+    options = (ka, lsr_p, scale_tau2, ce_weight, ignore_index, compute_grad)
     flag = value_flag(student.device)
     row_loss, row_grad = launch_kd_loss(
-        student,
-        teacher,
-        target,
-        temperature,
-        ka,
-        lsr_p,
-        scale_tau2,
-        ce_weight,
-        ignore_index,
-        compute_grad,
+        with_unit_class_stride(student),
+        with_unit_class_stride(teacher),
+        target.contiguous() if target is not None else None,
+        temperature.contiguous(),
+        *options,
         grad_scale,
         flag=flag,
     )
-    raise_if_flagged(flag, OP_NAME, _WHAT, lambda: name_bad_value(*args))
+    raise_if_flagged(flag, OP_NAME, _WHAT, lambda: name_bad_value(*inputs, *options))
     if reduction == REDUCE_SUM:
         return row_loss.sum(), row_grad
     if reduction == REDUCE_MEAN:
