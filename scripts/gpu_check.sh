@@ -7,8 +7,11 @@
 #      the copy bandwidth measured in the same run, the fused linear + KD loss at N = 8192,
 #      H_s = 2048, H_t = 4096, V = 128256 in bf16 with its TFLOPS as a share of the bf16 peak and
 #      its incremental peak memory, whole training steps);
-#   4. profile the tst training step with and without the fused ops (profile-tst.log);
-#   5. print one summary: tests passed/failed/skipped per backend, each op's time and bandwidth share.
+#   4. time each op's host cost: `python3 -m tskd_fast.bench --overhead --device cuda --quick`
+#      (forward + backward on tiny tensors, fused and eager against the floor of autograd);
+#   5. profile the tst training step with and without the fused ops (profile-tst.log);
+#   6. print one summary: tests passed/failed/skipped per backend, each op's time and bandwidth
+#      share, each op's host cost.
 # Uses the system python3 and whatever it has installed (no venv, no network, installs nothing).
 #
 #   scripts/gpu_check.sh [OUT_DIR]      (or `make gpu-check OUT=...`)
@@ -32,7 +35,8 @@ LOG="$OUT_DIR/gpu-check.log"
 PHASES="$OUT_DIR/phases.tsv"
 : > "$LOG"
 : > "$PHASES"
-rm -f "$OUT_DIR/junit.xml" "$OUT_DIR/test-results.jsonl" "$OUT_DIR/bench.json" "$OUT_DIR/bench.log"
+rm -f "$OUT_DIR/junit.xml" "$OUT_DIR/test-results.jsonl" "$OUT_DIR/bench.json" "$OUT_DIR/bench.log" \
+  "$OUT_DIR/overhead.json" "$OUT_DIR/overhead.log"
 export PYTHONPATH="$REPO:$REPO/scripts${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
 if [ "$DEVICE" = "cuda" ]; then unset TRITON_INTERPRET; fi  # Triton compiles for the GPU
@@ -125,10 +129,17 @@ fi
 
 # --- 3. timings ---------------------------------------------------------------------------------
 PROFILE_RESERVE=70
-LIMIT=$(( $(left) - PROFILE_RESERVE ))
+OVERHEAD_RESERVE=45
+LIMIT=$(( $(left) - PROFILE_RESERVE - OVERHEAD_RESERVE ))
 if [ "$LIMIT" -lt 30 ]; then LIMIT=30; fi
 run_phase bench "$LIMIT" "$OUT_DIR/bench.log" \
   "$PY" -m tskd_fast.bench --device "$DEVICE" --quick --json "$OUT_DIR/bench.json"
+
+# --- 4. host cost ---------------------------------------------------------------------------------
+LIMIT=$(( $(left) - PROFILE_RESERVE ))
+if [ "$LIMIT" -lt 30 ]; then LIMIT=30; fi
+run_phase overhead "$LIMIT" "$OUT_DIR/overhead.log" \
+  "$PY" -m tskd_fast.bench --overhead --device "$DEVICE" --quick --json "$OUT_DIR/overhead.json"
 # The first GPU run timed the tst step 2.8x slower with the fused ops than without; the profile
 # of both (profile-tst.log) says where the time goes.
 LIMIT=$(( $(left) - 10 ))
@@ -139,7 +150,7 @@ else
   record profile-tst skipped 0 "no time left"
 fi
 
-# --- 5. summary ---------------------------------------------------------------------------------
+# --- 6. summary ---------------------------------------------------------------------------------
 record total ok "$(elapsed)" "budget ${BUDGET_S} s"
 "$PY" "$REPO/scripts/gpu_check.py" summary "$OUT_DIR" | tee -a "$LOG"
 exit "${PIPESTATUS[0]}"

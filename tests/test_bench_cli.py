@@ -37,7 +37,7 @@ def _one_line_error(capsys, argv, *fragments):
 
 
 def test_bad_options_are_one_line_errors(capsys, monkeypatch):
-    _one_line_error(capsys, ["--ops", "kd_loss,nope"], "--ops", "kd_loss, dtd_ka, convlstm_gates")
+    _one_line_error(capsys, ["--ops", "kd_loss,nope"], "--ops", "kd_loss, dtd, convlstm")
     _one_line_error(capsys, ["--dtype", "float8"], "--dtype", "bfloat16")
     _one_line_error(capsys, ["--methods", "fitnet"], "--methods", "dtd_ka")
     _one_line_error(capsys, ["--repeat", "0"], "--repeat must be >= 1")

@@ -392,7 +392,9 @@ def test_opcheck_driver(reduction, dtd_mode):
     if "cpu" not in BACKENDS:
         pytest.skip("the C++ row op is not built")
     p = Problem(dtype=torch.float32)
-    torch.library.opcheck(ops_flkd.fused_linear_kd_op, driver_args(p, reduction, dtd_mode=dtd_mode))
+    torch.library.opcheck(
+        torch.ops.tskd_fast.fused_linear_kd.default, driver_args(p, reduction, dtd_mode=dtd_mode)
+    )
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
@@ -498,7 +500,11 @@ def bad_call(**changes):
     return F.fused_linear_kd(**args)
 
 
-def test_bad_inputs_name_the_argument():
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_bad_inputs_name_the_argument(backend):
+    """One check for every backend: the driver op's spec check runs on the reference path too."""
+    if backend == "cpu" and "cpu" not in BACKENDS:
+        pytest.skip("the C++ row op is not built")
     p = Problem(dtype=torch.float32, n=6, pad_s=0, pad_t=0)
     ids, logprobs = p.topk(3)
     cases = [
@@ -544,7 +550,7 @@ def test_bad_inputs_name_the_argument():
         (dict(divergence="kl"), "divergence must be one of"),
         (dict(divergence="jsd", beta=1.0), r"beta must be in \(0.0, 1.0\)"),
         (dict(divergence="skew_forward_kl", beta=-0.1), r"beta must be in \[0.0, 1.0\)"),
-        (dict(temperature=0.0), "temperature must be in"),
+        (dict(temperature=0.0), "temperature must be > 0"),
         (dict(temperature=torch.ones(5)), "temperature must be a float, a 0-d tensor or a tensor of shape"),
         (dict(temperature=torch.tensor([1.0, 1, 1, -1, 1, 1])), "temperature must be finite and > 0"),
         (dict(temperature="hot"), "temperature must be a float, a tensor or 'dtd'"),
@@ -562,6 +568,7 @@ def test_bad_inputs_name_the_argument():
         (dict(backend="gpu"), "backend must be one of"),
     ]
     for changes, message in cases:
+        changes.setdefault("backend", backend)
         with pytest.raises(ValueError, match=message):
             bad_call(**changes)
 
@@ -572,7 +579,8 @@ def test_cuda_path_reads_no_value_on_the_host():
     Runs without a GPU."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from tskd_fast.ops.fused_linear_kd_checks import check_fused_linear_kd
+    from tskd_fast.ops import fused_linear_kd_driver as driver
+    from tskd_fast.ops.fused_linear_kd_checks import check_fused_linear_kd, convert
 
     class Ctx:
         """What the driver's setup_context and backward use of an autograd context."""
@@ -596,43 +604,19 @@ def test_cuda_path_reads_no_value_on_the_host():
         tau = torch.full((13,), 2.0, device=d)
         with pytest.raises(Exception, match="_local_scalar_dense"):
             int((y != -100).sum())  # the control: a host read raises here
-        checked = check_fused_linear_kd(
-            xs,
-            ws,
-            xt,
-            wt,
-            y,
-            "jsd",
-            0.5,
-            tau,
-            "ps",
-            0.5,
-            -100,
-            "mean",
-            37,
-            4,
-            bs,
-            bt,
-            None,
-            0.9,
-            "tau2",
-            "flsw",
-            2.0,
-            1.0,
-            2.0,
-            0.1,
-        )
-        assert checked.vocab == 37
+        checked = convert(xs, ws, xt, wt, y, "jsd", tau, "ps", "mean", 37, 4, bs, bt, None, "tau2", "flsw")
+        assert checked.vocab == 37 and checked.divergence == ops_flkd.DIVERGENCES["jsd"]
         for dtd_mode, ka in ((-1, 1), (0, 1), (1, 0)):
             args = (xs, ws, bs, xt, wt, bt, None, None, y, tau, None, 2, 0.5, ka, 0.9, True, 0.5, -100)
             flags = (37, 4, dtd_mode, 2.0, 1.0, 2.0, 0.1, True, True, True, "cuda")
-            loss, used, dh, dw, db = ops_flkd.fused_linear_kd_op._init_fn(*args, 0, *flags)
+            check_fused_linear_kd(*args, 0, *flags)
+            loss, used, dh, dw, db = driver.fused_linear_kd_forward(*args, 0, *flags)
             ctx = Ctx()
-            ops_flkd._setup_context(ctx, (*args, 0, *flags), (loss, used, dh, dw, db))
-            grads = ops_flkd._backward(ctx, torch.ones((), device=d), None, None, None, None)
+            ops_flkd.fused_linear_kd_setup_context(ctx, (*args, 0, *flags), (loss, used, dh, dw, db))
+            grads = ops_flkd.fused_linear_kd_backward(ctx, torch.ones((), device=d), None, None, None, None)
             assert [tuple(g.shape) for g in grads[:3]] == [(13, 6), (40, 6), (40,)]
-            rows, used, *_ = ops_flkd.fused_linear_kd_op._init_fn(*args, 2, *flags)
-            dh, dw, db = ops_flkd.fused_linear_kd_backward_op._init_fn(
+            rows, used, *_ = driver.fused_linear_kd_forward(*args, 2, *flags)
+            dh, dw, db = driver.fused_linear_kd_backward(
                 torch.ones(13, device=d), used, *args, 2, *flags, True, True, True
             )
             assert rows.shape == (13,) and dw.dtype == ws.dtype and db.shape == (40,)

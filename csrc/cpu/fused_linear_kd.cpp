@@ -3,24 +3,14 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <cmath>
-
 #include "cpu/fused_linear_kd_args.h"
 #include "cpu/isa_dispatch.h"
 #include "tskd_fast/checks.h"
 #include "tskd_fast/fused_linear_kd_checks.h"
+#include "tskd_fast/logits_checks.h"
 
 namespace tskd_fast::cpu {
 namespace {
-
-template <typename T>
-void check_temperature(const at::Tensor& temperature) {
-  const T* t = temperature.data_ptr<T>();
-  for (int64_t n = 0; n < temperature.numel(); ++n) {
-    TORCH_CHECK(t[n] > T(0) && std::isfinite(t[n]), "tskd_fast::fused_linear_kd_rows: temperature[",
-                n, "] = ", t[n], " must be finite and > 0");
-  }
-}
 
 at::Tensor fused_linear_kd_rows_cpu(
     at::Tensor& student, const std::optional<at::Tensor>& teacher_in,
@@ -41,14 +31,11 @@ at::Tensor fused_linear_kd_rows_cpu(
   }
   if (target_in.has_value()) {
     target = target_in->contiguous();
-    check_labels_on_host(*target, classes, ignore_index, "tskd_fast::fused_linear_kd_rows");
+    check_labels_on_host(*target, classes, ignore_index);
   }
+  if (topk_ids.has_value()) check_topk_ids_on_host(*topk_ids, classes);
   const at::Tensor temperature = temperature_in.contiguous();
-  if (temperature.scalar_type() == at::kDouble) {
-    check_temperature<double>(temperature);
-  } else {
-    check_temperature<float>(temperature);
-  }
+  check_temperatures_on_host(temperature);
   at::Tensor row_loss = at::empty({rows}, temperature.options());
   FlkdRowsArgs args{};
   args.student = student.data_ptr();

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "cpu/isa_declare.h"
+
 // Arguments of the CPU row kernel of the fused linear + KD loss (tskd_fast/fused_linear_kd_math.h
 // states its contract), filled by csrc/cpu/fused_linear_kd.cpp after the checks; the kernel is
 // compiled once per vector ISA (csrc/cpu/isa/fused_linear_kd_<isa>.cpp).
@@ -38,12 +40,7 @@ struct FlkdRowsArgs {
   namespace ISA {                                             \
   void fused_linear_kd_rows_kernel(const FlkdRowsArgs& args); \
   }
-
-TSKD_FAST_DECLARE_FLKD_KERNEL(DEFAULT)
-#if TSKD_FAST_X86_ISA
-TSKD_FAST_DECLARE_FLKD_KERNEL(AVX2)
-TSKD_FAST_DECLARE_FLKD_KERNEL(AVX512)
-#endif
+TSKD_FAST_DECLARE_ISA_KERNELS(TSKD_FAST_DECLARE_FLKD_KERNEL)
 #undef TSKD_FAST_DECLARE_FLKD_KERNEL
 
 }  // namespace tskd_fast::cpu

@@ -66,8 +66,7 @@ class FlkdRowKernel {
                            a.ignore_index, T(a.grad_scale), a.classes)),
         classes_(a.classes),
         s_ids_(a.topk),
-        logprobs_(a.topk),
-        sorted_ids_(a.topk) {}
+        logprobs_(a.topk) {}
 
   void run(int64_t row) {
     scalar_t* s = static_cast<scalar_t*>(a_.student) + row * a_.student_row_stride;
@@ -312,16 +311,8 @@ class FlkdRowKernel {
     const int64_t kk = a_.topk;
     const int64_t* ids = a_.topk_ids + row * kk;
     const T* lp = static_cast<const T*>(a_.topk_logprobs) + row * kk;
-    for (int64_t i = 0; i < kk; ++i) {
-      TORCH_CHECK(ids[i] >= 0 && ids[i] < classes_, "tskd_fast::fused_linear_kd_rows: topk_ids[",
-                  row, ", ", i, "] = ", ids[i], " is out of range [0, ", classes_, ")");
-      sorted_ids_[i] = ids[i];
-    }
-    std::sort(sorted_ids_.begin(), sorted_ids_.end());
-    for (int64_t i = 1; i < kk; ++i) {
-      TORCH_CHECK(sorted_ids_[i] != sorted_ids_[i - 1], "tskd_fast::fused_linear_kd_rows: row ",
-                  row, " of topk_ids lists id ", sorted_ids_[i], " twice");
-    }
+    // The ids are in range and distinct: checked on the host before the kernel
+    // (csrc/checks/fused_linear_kd.cpp).
     const bool label_used = has_target && label != a_.ignore_index;
     const T s_label = label_used ? static_cast<T>(s[label]) : T(0);
     for (int64_t i = 0; i < kk; ++i) {
@@ -397,10 +388,9 @@ class FlkdRowKernel {
   const FlkdRowsArgs& a_;
   const FlkdOptions<T> o_;
   const int64_t classes_;
-  // Per-task buffers of a top-k row: the listed student logits, log-probabilities, sorted ids.
+  // Per-task buffers of a top-k row: the listed student logits and log-probabilities.
   std::vector<T> s_ids_;
   std::vector<T> logprobs_;
-  std::vector<int64_t> sorted_ids_;
 };
 
 void fused_linear_kd_rows_kernel(const FlkdRowsArgs& args) {

@@ -6,14 +6,24 @@ module also gets the temperatures used (DTD's are computed inside the op).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from tskd_fast import reference
 from tskd_fast.ops.backend import default_backend, resolve_backend
-from tskd_fast.ops.fused_linear_kd import DIVERGENCES, REDUCTIONS, fused_linear_kd_op, rows_backend
-from tskd_fast.ops.fused_linear_kd_checks import Checked, check_fused_linear_kd
-from tskd_fast.ops.fused_linear_kd_dtd import DTD_MODES, cached_teacher_gram
-from tskd_fast.ops.kd_loss import KA_MODES
+from tskd_fast.ops.common import opmath_dtype
+from tskd_fast.ops.dtd import DTD_MODES
+from tskd_fast.ops.fused_linear_kd import FUSED_LINEAR_KD
+from tskd_fast.ops.fused_linear_kd_checks import (
+    Checked,
+    check_for_reference,
+    convert,
+    op_arguments,
+)
+from tskd_fast.ops.fused_linear_kd_driver import rows_backend
+from tskd_fast.ops.fused_linear_kd_dtd import cached_teacher_gram
+from tskd_fast.ops.library import call
 
 
 def _autocast(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
@@ -84,31 +94,33 @@ def call_fused_linear_kd(
     student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias = _autocast(
         student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias
     )
-    c = check_fused_linear_kd(
+    c = convert(
         student_hidden,
         student_weight,
         teacher_hidden,
         teacher_weight,
         target,
         divergence,
-        beta,
         temperature,
         ka,
-        ce_weight,
-        ignore_index,
         reduction,
         vocab_size,
         chunk_size,
         student_bias,
         teacher_bias,
         teacher_topk,
-        lsr_p,
         scale,
         dtd_mode,
-        dtd_t0,
-        dtd_beta,
-        dtd_gamma,
-        dtd_min_temperature,
+    )
+    numbers = (
+        _float("beta", beta),
+        _float("lsr_p", lsr_p),
+        _float("ce_weight", ce_weight),
+        _int("ignore_index", ignore_index),
+        _float("dtd_t0", dtd_t0),
+        _float("dtd_beta", dtd_beta),
+        _float("dtd_gamma", dtd_gamma),
+        _float("dtd_min_temperature", dtd_min_temperature),
     )
     device = c.student_hidden.device
     forced = (backend if backend not in (None, "auto") else default_backend()) != "auto"
@@ -116,70 +128,64 @@ def call_fused_linear_kd(
     if chosen != "reference":
         chosen = rows_backend(chosen, forced, device)
     if chosen == "reference":
+        check_for_reference(c, numbers)
+        beta, lsr_p, ce_weight, ignore_index, dtd_t0, dtd_beta, dtd_gamma, dtd_min_temperature = numbers
         loss, tau = _reference(
             c,
             dict(
                 divergence=divergence,
-                beta=float(beta),
+                beta=beta,
                 ka=ka,
-                lsr_p=float(lsr_p),
+                lsr_p=lsr_p,
                 scale=scale,
-                ce_weight=float(ce_weight),
-                ignore_index=int(ignore_index),
+                ce_weight=ce_weight,
+                ignore_index=ignore_index,
                 reduction=reduction,
                 dtd_mode=dtd_mode,
-                dtd_t0=float(dtd_t0),
-                dtd_beta=float(dtd_beta),
-                dtd_gamma=float(dtd_gamma),
-                dtd_min_temperature=float(dtd_min_temperature),
+                dtd_t0=dtd_t0,
+                dtd_beta=dtd_beta,
+                dtd_gamma=dtd_gamma,
+                dtd_min_temperature=dtd_min_temperature,
             ),
         )
     else:
         grad_on = torch.is_grad_enabled()
-        opmath = torch.float64 if c.student_hidden.dtype == torch.float64 else torch.float32
-        dtd = c.temperature is None
         teacher_gram = None
-        if dtd and dtd_mode == "flsw" and not torch.compiler.is_compiling():
+        # (flsw without a teacher lm_head: the op's check refuses it)
+        flsw = c.dtd_mode == DTD_MODES["flsw"] and isinstance(c.teacher_weight, torch.Tensor)
+        if flsw and not torch.compiler.is_compiling():
+            opmath = opmath_dtype(c.student_hidden.dtype)
             teacher_gram = cached_teacher_gram(
                 c.teacher_weight.detach(), _detach(c.teacher_bias), c.vocab, opmath
             )
-        tau_in = c.temperature if not dtd else c.student_hidden.new_empty((0,), dtype=opmath)
-        loss, tau, *_ = fused_linear_kd_op(
-            c.student_hidden,
-            c.student_weight,
-            c.student_bias,
+        c.teacher_hidden, c.teacher_weight, c.teacher_bias = (
             _detach(c.teacher_hidden),
             _detach(c.teacher_weight),
             _detach(c.teacher_bias),
-            c.topk_ids,
-            c.topk_logprobs,
-            c.target,
-            tau_in,
-            teacher_gram,
-            DIVERGENCES[divergence],
-            float(beta),
-            KA_MODES[ka],
-            float(lsr_p),
-            scale == "tau2",
-            float(ce_weight),
-            int(ignore_index),
-            REDUCTIONS[reduction],
-            c.vocab,
-            c.chunk_size,
-            DTD_MODES[dtd_mode] if dtd else -1,
-            float(dtd_t0),
-            float(dtd_beta),
-            float(dtd_gamma),
-            float(dtd_min_temperature),
+        )
+        grads = (
             grad_on and c.student_hidden.requires_grad,
             grad_on and c.student_weight.requires_grad,
             grad_on and c.student_bias is not None and c.student_bias.requires_grad,
-            chosen,
         )
+        loss, tau, *_ = call(FUSED_LINEAR_KD, chosen, op_arguments(c, teacher_gram, numbers, grads, chosen))
     if reduction == "none":
         loss = loss.reshape(c.lead_shape)
     return loss, tau.reshape(c.lead_shape)
 
 
-def _detach(t: torch.Tensor | None) -> torch.Tensor | None:
-    return t.detach() if t is not None else None
+def _detach(t):
+    """t detached; None and what is not a tensor (for the op's check to name) as they are."""
+    return t.detach() if isinstance(t, torch.Tensor) else t
+
+
+def _float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    return value

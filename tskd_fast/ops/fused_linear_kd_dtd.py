@@ -1,9 +1,8 @@
 """DTD temperatures of the fused linear + KD loss, computed without the N x V logits.
 
-DTD (docs/methods.md §1.4; docs/fused-linear-kd.md §5.5.3) sets tau_n = max(t0 + beta (mean(w) -
-w_n), min_temperature), the mean over the rows not ignored, so every row's temperature depends on
-every other row: the weights must all be known before the first chunk's KD loss. How each weight
-is had:
+DTD (docs/methods.md §1.4 and §5.5) sets tau_n = max(t0 + beta (mean(w) - w_n), min_temperature),
+the mean over the rows not ignored, so every row's temperature depends on every other row: the
+weights must all be known before the first chunk's KD loss. How each weight is had:
 
 * flsw, w = (1 - cos(z, v))^gamma of the logit vectors z = W_s x_s + b_s and v = W_t x_t + b_t.
   z.v, |z|^2 and |v|^2 are quadratic forms of the hidden states with the Gram matrices of the
@@ -24,10 +23,10 @@ import weakref
 
 import torch
 
+from tskd_fast.ops.dtd import DTD_MODES
 from tskd_fast.ops.fused_linear_kd_chunks import Linear
 from tskd_fast.reference.dtd import CWSM_EPS, FLSW_NORM_EPS, temperatures_from_weights
 
-DTD_MODES = {"flsw": 0, "cwsm": 1}
 # Rows of the lm_head upcast at a time when a Gram matrix is formed from float16/bfloat16 weights
 # off CUDA, and the most intermediate values the quadratic forms of one part of the rows hold.
 GRAM_ROWS = 8192

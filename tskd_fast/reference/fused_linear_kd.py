@@ -2,8 +2,7 @@
 
 The oracle of the fused op (tskd_fast.functional.fused_linear_kd) and the eager baseline of its
 benchmark: every option, differentiable with autograd with respect to the student's hidden
-states, weight and bias. Definitions: docs/methods.md §5; the top-k temperature:
-docs/fused-linear-kd.md §5.5.2.
+states, weight and bias. Definitions: docs/methods.md §5; the top-k temperature: §5.5.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@
 #include "tskd_fast/scalar_math.h"
 
 // Row math of the fused linear + KD loss (docs/methods.md §5; gradients, top-k temperature:
-// docs/fused-linear-kd.md), shared
-// verbatim by the CPU kernel (csrc/cpu/fused_linear_kd_kernel.h) and the CUDA kernel.
+// docs/methods.md §5.5), shared verbatim by the CPU kernel (csrc/cpu/fused_linear_kd_kernel.h)
+// and the CUDA kernel.
 //
 // Notation (the names of the docs; note that kd_loss_math.h calls the student p, here p is the
 // teacher). Per row: student logits s_k and teacher logits t_k over the real vocabulary

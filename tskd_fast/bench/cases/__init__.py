@@ -90,6 +90,8 @@ class Family:
     reference holds tensors too large to compile usefully names its own compiled baseline among
     extra_baselines instead). flops: (shape, dtype) -> floating-point operations of one forward +
     backward, for ops bound by matmuls (their rows get TFLOPS).
+    overhead: the tiny shape of ``tskd-fast bench --overhead``, where the arithmetic is nothing and
+    the time is the host's cost of a call (tskd_fast.bench.overhead).
     """
 
     name: str
@@ -108,6 +110,7 @@ class Family:
     targets: tuple[Target, ...] = ()
     compile_reference: bool = True
     flops: Callable[[Shape, torch.dtype], float] | None = None
+    overhead: Shape | None = None
 
     def available(self) -> bool:
         """Whether this build has the op (and its reference)."""
@@ -156,7 +159,7 @@ def forward_backward(fn: OpFn, inputs: Inputs, reset_grad: bool = True) -> Calla
     return run
 
 
-_MODULES = ("kd_loss", "dtd_ka", "convlstm_gates", "abf_fuse", "hcl", "fused_linear_kd")
+_MODULES = ("kd_loss", "dtd", "convlstm", "abf", "hcl", "fused_linear_kd")
 
 
 def _load() -> dict[str, Family]:
