@@ -17,25 +17,26 @@
 
 #include "cuda/dispatch.cuh"
 #include "cuda/fused_linear_kd_kernels.cuh"
-#include "tskd_fast/checks.h"
 #include "tskd_fast/fused_linear_kd_checks.h"
+#include "tskd_fast/logits_checks.h"
 
 namespace tskd_fast::cuda {
 namespace {
 
-constexpr const char* kOp = "tskd_fast::fused_linear_kd_rows";
-
-// A row of topk_ids that lists an id twice (rows not ignored), asserted on the device: sorting
-// the (rows, K) ids costs little next to the (rows, V) logits, and nothing waits for the answer.
-void assert_distinct_ids(const at::Tensor& ids, const std::optional<at::Tensor>& target,
-                         int64_t ignore_index) {
+// Every top-k id in [0, classes) and none twice in a row (the CPU op's check_topk_ids_on_host),
+// asserted on the device: sorting the (rows, K) ids costs little next to the (rows, V) logits,
+// and nothing waits for the answer. The kernel asserts the range again where it reads.
+void assert_topk_ids(const at::Tensor& ids, int64_t classes) {
   const int64_t k = ids.size(1);
-  if (k < 2 || ids.size(0) == 0) return;
-  const at::Tensor sorted = std::get<0>(ids.sort(1));
-  at::Tensor repeated = sorted.slice(1, 1, k).eq(sorted.slice(1, 0, k - 1)).any(1);
-  if (target.has_value()) repeated = repeated.logical_and(target->ne(ignore_index));
-  at::_assert_async(repeated.any().logical_not(),
-                    "tskd_fast::fused_linear_kd_rows: a row of topk_ids lists an id twice");
+  if (ids.size(0) == 0) return;
+  at::Tensor bad = ids.lt(0).logical_or(ids.ge(classes)).any();
+  if (k > 1) {
+    const at::Tensor sorted = std::get<0>(ids.sort(1));
+    bad = bad.logical_or(sorted.slice(1, 1, k).eq(sorted.slice(1, 0, k - 1)).any());
+  }
+  at::_assert_async(bad.logical_not(),
+                    "tskd_fast::fused_linear_kd_rows: topk_ids must be in [0, classes) and list "
+                    "no id twice in a row");
 }
 
 template <typename scalar_t>
@@ -82,8 +83,8 @@ at::Tensor fused_linear_kd_rows_cuda(
   const c10::cuda::CUDAGuard device_guard(student.device());
   const int64_t rows = student.size(0), classes = student.size(1);
   // One block per row.
-  TORCH_CHECK_VALUE(rows <= INT_MAX, kOp, ": the student logits have ", rows,
-                    " rows, CUDA takes at most ", INT_MAX);
+  TORCH_CHECK_VALUE(rows <= INT_MAX, "student_logits has ", rows, " rows, CUDA takes at most ",
+                    INT_MAX);
   std::optional<at::Tensor> teacher, topk_ids, topk_logprobs, target;
   if (teacher_in.has_value()) teacher = with_unit_class_stride(*teacher_in);
   if (target_in.has_value()) target = target_in->contiguous();
@@ -92,7 +93,7 @@ at::Tensor fused_linear_kd_rows_cuda(
     topk_ids = topk_ids_in->contiguous();
     topk_logprobs = topk_logprobs_in->contiguous();
     topk_student = at::empty(topk_ids->sizes(), temperature_in.options());
-    assert_distinct_ids(*topk_ids, target, ignore_index);
+    assert_topk_ids(*topk_ids, classes);
   }
   const at::Tensor temperature = temperature_in.contiguous();
   at::Tensor row_loss = at::empty({rows}, temperature.options());
@@ -100,7 +101,7 @@ at::Tensor fused_linear_kd_rows_cuda(
   const FlkdOptions<float> options = flkd_options<float>(
       divergence, static_cast<float>(beta), ka, static_cast<float>(lsr_p), scale_tau2,
       static_cast<float>(ce_weight), ignore_index, static_cast<float>(grad_scale), classes);
-  dispatch_logits_dtype(student.scalar_type(), kOp, [&](auto tag) {
+  dispatch_logits_dtype(student.scalar_type(), "tskd_fast::fused_linear_kd_rows", [&](auto tag) {
     using scalar_t = decltype(tag);
     run_rows<scalar_t>(student, teacher, topk_ids, topk_logprobs, topk_student, target, temperature,
                        row_loss, options, compute_grad);

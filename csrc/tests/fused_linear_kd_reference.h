@@ -1,7 +1,7 @@
 #pragma once
 
 // Direct double-precision implementations of one row of the fused linear + KD loss and its
-// gradient (docs/methods.md §5, docs/fused-linear-kd.md §5.5.1-§5.5.2), written from the
+// gradient (docs/methods.md §5, §5.5.1-§5.5.2), written from the
 // definitions and the gradient table rather than from the kernels' online sums: the oracle of
 // the emulated CUDA kernel test. Rows are std::vector<double> (Row); a label equal to
 // ignore_index marks an ignored row, a label of -1 (another negative) a row without one.
@@ -50,7 +50,7 @@ struct BucketTerms {
 };
 
 // D and u of every bucket (a column, or a top-k bucket), from the definitions and the gradient
-// table of docs/fused-linear-kd.md §5.5.1.
+// table of docs/methods.md §5.5.1.
 inline BucketTerms bucket_terms(const Row& log_p, const Row& log_q, int64_t divergence,
                                 double beta) {
   BucketTerms out{0.0, Row(log_p.size(), 0.0)};

@@ -1,8 +1,9 @@
-"""The row op of the fused linear + KD loss as a Triton kernel: tskd_fast::fused_linear_kd_rows_triton.
+"""The row op of the fused linear + KD loss as a Triton kernel: tskd_fast::fused_linear_kd_rows_triton,
+defined from the spec FUSED_LINEAR_KD_ROWS of tskd_fast.ops.fused_linear_kd (schema, check, fake kernel).
 
 The same contract as the C++ op tskd_fast::fused_linear_kd_rows (CPU and CUDA kernels; the contract
 and the formulas are in csrc/include/tskd_fast/fused_linear_kd_math.h, the gradients in
-docs/fused-linear-kd.md §5.5.1): each row's loss, and when compute_grad, grad_scale times its
+docs/methods.md §5.5.1): each row's loss, and when compute_grad, grad_scale times its
 gradient written over the student logits in place.
 
 One program per row (LLM vocabularies: 32k-256k columns), walking the row in BLOCK_V-wide chunks:
@@ -27,8 +28,16 @@ import torch
 import triton
 import triton.language as tl
 
-from tskd_fast.ops.fused_linear_kd import register_fused_linear_kd_rows_op
-from tskd_fast.ops.triton._launch import quiet_interpreter, runs_in_interpreter
+from tskd_fast.ops.common import with_unit_class_stride
+from tskd_fast.ops.fused_linear_kd import FUSED_LINEAR_KD_ROWS
+from tskd_fast.ops.library import define_triton
+from tskd_fast.ops.triton._launch import (
+    check_device_runs_triton,
+    quiet_interpreter,
+    raise_if_flagged,
+    runs_in_interpreter,
+    value_flag,
+)
 from tskd_fast.ops.triton._rowmath import nan_as_inf, rescale, rescale_unit, shift
 
 FORWARD_KL, REVERSE_KL, JSD, SKEW_FORWARD_KL, SKEW_REVERSE_KL, TVD = range(6)
@@ -776,62 +785,21 @@ def launch_fused_linear_kd_rows(
 
 # ---- the op ------------------------------------------------------------------------------------
 
-OP_NAME = "tskd_fast::fused_linear_kd_rows_triton"
-ROWS_SCHEMA = (
-    "(Tensor(a!) student, Tensor? teacher, Tensor? topk_ids, Tensor? topk_logprobs, Tensor? target, "
-    "Tensor temperature, int divergence, float beta, int ka, float lsr_p, bool scale_tau2, "
-    "float ce_weight, int ignore_index, bool compute_grad, float grad_scale=1.) -> Tensor"
+OP_NAME = f"tskd_fast::{FUSED_LINEAR_KD_ROWS.triton_name}"
+_WHAT = (
+    "a target label or a top-k id is out of range (labels in [0, classes) or ignore_index, ids in "
+    "[0, classes)), a row of topk_ids lists an id twice, or a temperature is not finite and > 0"
 )
 
 
-def check_row_values(
-    student: torch.Tensor,
-    topk_ids: torch.Tensor | None,
-    target: torch.Tensor | None,
-    temperature: torch.Tensor,
-    ignore_index: int,
-) -> None:
-    """The checks that read values, on the host (CPU tensors), in the C++ op's words: labels in
-    range, temperatures finite and > 0, top-k ids in range and distinct on the rows not ignored."""
-    op = "tskd_fast::fused_linear_kd_rows"
-    classes = student.shape[1]
-    bad = ~((temperature > 0) & torch.isfinite(temperature))
-    if bool(bad.any()):
-        n = int(bad.nonzero()[0, 0])
-        raise ValueError(f"{op}: temperature[{n}] = {float(temperature[n]):g} must be finite and > 0")
-    kept = torch.ones(student.shape[0], dtype=torch.bool)
-    if target is not None:
-        out = (target != ignore_index) & ((target < 0) | (target >= classes))
-        if bool(out.any()):
-            n = int(out.nonzero()[0, 0])
-            raise ValueError(
-                f"{op}: target[{n}] = {int(target[n])} is out of range: labels must be in [0, {classes}) "
-                f"or equal ignore_index ({ignore_index})"
-            )
-        kept = target != ignore_index
-    if topk_ids is not None:
-        out = ((topk_ids < 0) | (topk_ids >= classes)) & kept[:, None]
-        if bool(out.any()):
-            n, i = (int(x) for x in out.nonzero()[0])
-            raise ValueError(
-                f"{op}: topk_ids[{n}, {i}] = {int(topk_ids[n, i])} is out of range [0, {classes})"
-            )
-        ids = topk_ids.sort(dim=1).values
-        twice = (ids[:, 1:] == ids[:, :-1]) & kept[:, None]
-        if bool(twice.any()):
-            n, i = (int(x) for x in twice.nonzero()[0])
-            raise ValueError(f"{op}: row {n} of topk_ids lists id {int(ids[n, i])} twice")
-
-
-def _assert_distinct_ids(topk_ids: torch.Tensor, target: torch.Tensor | None, ignore_index: int) -> None:
-    """A row of topk_ids listing an id twice, asserted on the device (no host sync)."""
-    if topk_ids.shape[1] < 2 or topk_ids.shape[0] == 0:
-        return
-    ids = topk_ids.sort(dim=1).values
-    twice = (ids[:, 1:] == ids[:, :-1]).any(dim=1)
-    if target is not None:
-        twice = twice & (target != ignore_index)
-    torch._assert_async(~twice.any(), f"{OP_NAME}: a row of topk_ids lists an id twice")
+def _assert_ids_on_device(topk_ids: torch.Tensor, classes: int) -> None:
+    """Every top-k id in [0, classes) and none twice in a row (the CPU op's check of
+    check_fused_linear_kd_rows_values), asserted on the device: nothing waits for the answer."""
+    bad = ((topk_ids < 0) | (topk_ids >= classes)).any()
+    if topk_ids.shape[1] > 1:
+        ordered = topk_ids.sort(dim=1).values
+        bad = bad | (ordered[:, 1:] == ordered[:, :-1]).any()
+    torch._assert_async(~bad, f"{OP_NAME}: {_WHAT}")
 
 
 def fused_linear_kd_rows_triton_impl(
@@ -851,26 +819,40 @@ def fused_linear_kd_rows_triton_impl(
     compute_grad: bool,
     grad_scale: float = 1.0,
 ) -> torch.Tensor:
-    """The row op on checked inputs, on their device."""
-    if student.device.type == "cpu" and not INTERPRETED:
-        raise ValueError(
-            "CPU tensors run only in the Triton interpreter (TRITON_INTERPRET=1 set before triton is "
-            "imported); use CUDA tensors, or the 'cpu' backend"
-        )
-    if teacher is not None and teacher.stride(1) != 1:
-        teacher = teacher.contiguous()
+    """The op on inputs its spec checked, on their device (tskd_fast.ops.library)."""
+    args = (
+        student,
+        teacher,
+        topk_ids,
+        topk_logprobs,
+        target,
+        temperature,
+        divergence,
+        beta,
+        ka,
+        lsr_p,
+        scale_tau2,
+        ce_weight,
+        ignore_index,
+        compute_grad,
+        grad_scale,
+    )
+    check_device_runs_triton(student, INTERPRETED)
+    if teacher is not None:
+        teacher = with_unit_class_stride(teacher)
     if topk_ids is not None:
         topk_ids = topk_ids.contiguous()
         topk_logprobs = topk_logprobs.contiguous()
+        # Repeated ids are no value a kernel can flag: on the host (CPU, where reading is free)
+        # the spec's value check runs first; on a GPU the device asserts.
+        if student.device.type == "cpu":
+            FUSED_LINEAR_KD_ROWS.check_values(*args)
+        else:
+            _assert_ids_on_device(topk_ids, student.shape[1])
     if target is not None:
         target = target.contiguous()
     temperature = temperature.contiguous()
-    on_host = student.device.type == "cpu"
-    if on_host:
-        check_row_values(student, topk_ids, target, temperature, ignore_index)
-    elif topk_ids is not None:
-        _assert_distinct_ids(topk_ids, target, ignore_index)
-    flag = torch.ones((1,), dtype=torch.int32, device=student.device)
+    flag = value_flag(student.device)
     row_loss = launch_fused_linear_kd_rows(
         student,
         teacher,
@@ -889,19 +871,9 @@ def fused_linear_kd_rows_triton_impl(
         grad_scale,
         flag,
     )
-    if not on_host:
-        torch._assert_async(
-            flag[0].bool(),
-            f"{OP_NAME}: a target label, a temperature or a top-k id is out of range",
-        )
+    raise_if_flagged(flag, OP_NAME, _WHAT, lambda: FUSED_LINEAR_KD_ROWS.check_values(*args))
     return row_loss
 
 
-fused_linear_kd_rows_triton = torch.library.custom_op(
-    OP_NAME,
-    fused_linear_kd_rows_triton_impl,
-    mutates_args=("student",),
-    device_types=("cuda", "cpu"),
-    schema=ROWS_SCHEMA,
-)
-register_fused_linear_kd_rows_op(fused_linear_kd_rows_triton)
+#: The op overload, called like torch.ops.tskd_fast.fused_linear_kd_rows.default.
+fused_linear_kd_rows_triton = define_triton(FUSED_LINEAR_KD_ROWS, fused_linear_kd_rows_triton_impl)
