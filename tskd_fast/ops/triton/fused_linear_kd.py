@@ -6,7 +6,8 @@ and the formulas are in csrc/include/tskd_fast/fused_linear_kd_math.h, the gradi
 docs/methods.md §5.5.1): each row's loss, and when compute_grad, grad_scale times its
 gradient written over the student logits in place.
 
-One program per row (LLM vocabularies: 32k-256k columns), walking the row in BLOCK_V-wide chunks:
+One program per row (LLM vocabularies: 32k-256k columns), walking the row in BLOCK_V-wide chunks
+(1024 columns):
   A  an online pass (running maxima with rescaled sums, as in online softmax) gathers the
      normalisers, the CE normaliser, the teacher's argmax and, for forward and reverse KL, the
      cross sum that gives the loss without another pass;
@@ -43,10 +44,11 @@ from tskd_fast.ops.triton._rowmath import nan_as_inf, rescale, rescale_unit, shi
 FORWARD_KL, REVERSE_KL, JSD, SKEW_FORWARD_KL, SKEW_REVERSE_KL, TVD = range(6)
 KA_NONE, KA_PS, KA_LSR = 0, 1, 2
 
-# Widest column chunk and the warps of a program: 16 elements per thread, which every divergence
-# and knowledge-adjustment variant compiles for sm_90 without spilling registers (4096 columns on
-# 8 warps spill on the skew and JSD variants; tests/test_fused_linear_kd_triton.py checks).
-MAX_BLOCK_V = 2048
+# Widest column chunk and the warps of a program: 8 elements per thread, which every divergence
+# and knowledge-adjustment variant compiles for sm_90 without spilling registers (2048 columns
+# spill on the JSD and TVD variants with knowledge adjustment; tests/test_fused_linear_kd_triton.py
+# checks).
+MAX_BLOCK_V = 1024
 NUM_WARPS = 4
 # Widest chunk of listed top-k ids.
 MAX_BLOCK_K = 1024
