@@ -78,9 +78,9 @@ TORCH_LIBRARY(tskd_fast, m) {
   // tskd_fast/fused_linear_kd_math.h): per-row loss (opmath) of student logits (R, V) against
   // teacher logits (R, V) or a top-k teacher (ids (R, K) int64, logprobs (R, K) opmath); when
   // compute_grad, grad_scale * d row_loss / d student is written over `student`. divergence:
-  // 0 forward_kl, 1 reverse_kl, 2 jsd, 3 skew_forward_kl, 4 skew_reverse_kl, 5 tvd. No autograd
-  // kernel: the chunked driver op around it (tskd_fast/ops/fused_linear_kd.py, written in Python
-  // for every backend) owns the gradient.
+  // 0 forward_kl, 1 reverse_kl, 2 jsd, 3 skew_forward_kl, 4 skew_reverse_kl, 5 tvd. No gradient
+  // formula: the chunked driver op around it (tskd_fast/ops/fused_linear_kd.py, written in Python
+  // for every backend) owns the gradient (csrc/autograd/fused_linear_kd.cpp).
   m.def(
       "fused_linear_kd_rows(Tensor(a!) student, Tensor? teacher, Tensor? topk_ids, "
       "Tensor? topk_logprobs, Tensor? target, Tensor temperature, int divergence, float beta, "
