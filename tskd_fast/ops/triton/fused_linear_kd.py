@@ -840,6 +840,9 @@ def fused_linear_kd_rows_triton_impl(
         grad_scale,
     )
     check_device_runs_triton(student, INTERPRETED)
+    if student.requires_grad and student.is_leaf:
+        # As ATen (and the C++ op) refuse it: the gradient would overwrite a tensor autograd owns.
+        raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
     if teacher is not None:
         teacher = with_unit_class_stride(teacher)
     if topk_ids is not None:
