@@ -69,7 +69,7 @@ FUSED_LINEAR_KD_ROWS = declare(
         check=check_fused_linear_kd_rows,
         check_values=check_fused_linear_kd_rows_values,
         # No autograd formula: the driver op owns the gradient (see the module docstring).
-        kernels=("cpp",),
+        kernels=("cpp", "triton"),
     )
 )
 
