@@ -86,7 +86,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> hcl_loss_cuda(at::TensorList stu
   for (size_t i = 0; i < student_feats.size(); ++i) {
     const at::Tensor pair = hcl_pair(student_feats[i], teacher_feats[i], levels,
                                      compute_grad.get(i), grad_scale, grads[i]);
-    loss = i == 0 ? pair : loss + pair;
+    loss = i == 0 ? pair : loss.add(pair);
   }
   return {loss.to(at::kFloat), grads};
 }
