@@ -374,7 +374,7 @@ def test_tst_configs_use_the_reference_flavour():
         assert (tst["objective"], tst["search_lr"], tst["search_grad_clip"]) == ("confidence", 0.01, 0.0), (
             path
         )
-        d = build_method("tst", _Net(), _Net(), {}, tst)
+        d = build_method("tst", _Net(), _Net(), {"kd": (1.0, build_term("kd", cfg["distiller"]["kd"]))}, tst)
         epochs, passes = TST_SEARCH.get(os.path.basename(path)[:-5], ([30, 90], 30))
         assert (d.search_epochs(240), d.search_passes(240)) == (epochs, passes), path
         assert cfg["distiller"]["terms"]["ce"] == 1.0 and cfg["distiller"]["terms"]["kd"] in (0.5, 1.0), path
