@@ -3,6 +3,7 @@ RepDistiller and mdistiller model files, and the official ReviewKD and TSKD dist
 in their key layouts, each built here from the official module structure; unmappable keys are
 one-line errors naming them."""
 
+import csv
 import json
 
 import pytest
@@ -40,9 +41,13 @@ def test_eval_of_a_trained_run_matches_its_training_log(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "-o", str(run), *TRAIN, f"teacher.checkpoint={teacher}"]) == 0
     logged = json.loads((run / "results.json").read_text())
+    with open(run / "log.csv", newline="") as f:
+        last_row = list(csv.DictReader(f))[-1]  # the final epoch's line of the training log
+    assert int(last_row["epoch"]) == 2 and float(last_row["test_top1"]) == pytest.approx(logged["test_top1"])
     for target in (run, run / "model_final.pth", run / "checkpoint.pt"):
         score = evaluate_checkpoint(str(target))
         assert score.top1 == logged["test_top1"] and score.top5 == logged["test_top5"], target
+        assert score.top1 == pytest.approx(float(last_row["test_top1"]), rel=1e-5, abs=0), target
         assert score.model == "resnet8" and score.images == 48
     capsys.readouterr()
     assert main(["eval", str(run)]) == 0

@@ -18,6 +18,7 @@ from tskd_fast.data import build_data
 from tskd_fast.data.transforms import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN
 from tskd_fast.distillers import RunInfo, build_method, build_term, get_method
 from tskd_fast.distillers.tskd import ReviewSchedule
+from tskd_fast.distillers.tst import search_objective
 from tskd_fast.engine.build import build_distiller
 from tskd_fast.engine.config import load_config, schema_defaults
 from tskd_fast.engine.normalisation import normalisation_of
@@ -353,16 +354,60 @@ def test_tst_loss_with_the_reference_weights_is_the_official_one(kd_weight):
     torch.testing.assert_close(sum(losses.values()).detach(), expected, rtol=1e-5, atol=1e-6)
 
 
+# (search epochs of 240, passes per phase) of the reference's files at their latest revision; the
+# pairs it has no file for take the recipe their config names.
+TST_SEARCH = {
+    "vgg13_vgg8": ([32, 62, 92, 122, 152, 182, 212], 5),
+    "wrn_40_2_wrn_40_1": ([30, 90], 10),
+}
+
+
 def test_tst_configs_use_the_reference_flavour():
-    for path in sorted(glob.glob(os.path.join(CONFIGS, "tst", "*.yaml"))):
+    paths = sorted(glob.glob(os.path.join(CONFIGS, "tst", "*.yaml")))
+    assert len(paths) == 9
+    for path in paths:
         cfg = load_config(path)
         tst, solver = cfg["distiller"]["tst"], cfg["solver"]
         assert (tst["apply_logit"], tst["signed_magnitudes"]) == ("sigmoid", False), path
+        # The reference's search: its criticion (the confidence objective), SGD lr 0.01 whatever its
+        # file's SDA lr says, no clipping.
+        assert (tst["objective"], tst["search_lr"], tst["search_grad_clip"]) == ("confidence", 0.01, 0.0), (
+            path
+        )
+        d = build_method("tst", _Net(), _Net(), {"kd": (1.0, build_term("kd", cfg["distiller"]["kd"]))}, tst)
+        epochs, passes = TST_SEARCH.get(os.path.basename(path)[:-5], ([30, 90], 30))
+        assert (d.search_epochs(240), d.search_passes(240)) == (epochs, passes), path
         assert cfg["distiller"]["terms"]["ce"] == 1.0 and cfg["distiller"]["terms"]["kd"] in (0.5, 1.0), path
         assert (solver["nesterov"], solver["weight_decay"], cfg["trainer"]["amp"]) == (True, 1e-4, "auto"), (
             path
         )
         assert solver["batch_size"] in (64, 128), path  # + as many augmented copies: 128 or 256 per step
+
+
+def official_tst_search_loss(student_logits, teacher_logits, target):
+    """The reference's search criterion (its SDAGAN ``criticion``, alpha = beta = 1, whatever its
+    type argument) on one-hot labels: the teacher's CE plus -log(1 - p_student(y) + 1e-8)."""
+    label = F.one_hot(target, student_logits.shape[1]).bool()
+    t_loss = -torch.log(teacher_logits.softmax(1)[label]).mean()
+    s_loss = -torch.log(1 - student_logits.softmax(1)[label] + 1e-8).mean()
+    return t_loss + s_loss
+
+
+def test_tst_search_objective_is_the_official_criterion():
+    torch.manual_seed(0)
+    student, teacher = (
+        3 * torch.randn(16, 10, dtype=torch.float64),
+        3 * torch.randn(16, 10, dtype=torch.float64),
+    )
+    target = torch.randint(0, 10, (16,))
+    expected = official_tst_search_loss(student, teacher, target)
+    loss, _, _ = search_objective(student, teacher, target, "confidence")
+    # The reference's + 1e-8 moves the value by about 1e-8 / (1 - p); the package's form is exact.
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
+    assert "confidence" == schema_defaults("shapes", "tst")["distiller"]["tst"]["objective"]
+    # ce_difference (the reference's NO_CONFIDENCE before November 2022) is another objective.
+    other, _, _ = search_objective(student, teacher, target, "ce_difference")
+    assert not torch.allclose(other, expected)
 
 
 def test_tst_search_points_in_epochs_equal_the_fractions():

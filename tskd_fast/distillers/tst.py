@@ -12,12 +12,14 @@ trains on them.
   reference's epochs 30 and 90 of 240 on CIFAR: 0.125 and 0.375; or the epochs ``search_epochs``),
   max(1, round(search_length * epochs)) passes over the training set (the reference's 30 of 240:
   0.125; or ``search_passes``) update only the module, with student (in eval mode) and teacher
-  frozen, minimising the teacher's CE on x̃ plus -log(1 - p_S(y | x̃)) (``objective:
-  confidence``) or minus the student's CE (``ce_difference``); docs/methods.md §4.2 and §4.5 say
-  which the reference computes. The module has its own SGD
-  (lr 0.01, momentum 0.9, gradient norm clipped at 10) and the reference's plateau rule: after a
-  pass whose loss fell by less than 0.02 both absolutely and relatively, lr *= 0.9. Optimiser and
-  plateau rule start afresh with each phase; the module's parameters carry over.
+  frozen, minimising the teacher's CE on x̃ plus -log(1 - p_S(y | x̃)) (``objective: confidence``,
+  what the reference's code computes: its ``criticion`` ignores the ``criticion_type`` of its config
+  files) or minus the student's CE (``ce_difference``, what ``NO_CONFIDENCE`` selected in the
+  reference's revisions before November 8, 2022); docs/methods.md §4.2, §4.5. The module has its own
+  SGD (lr 0.01, momentum 0.9; the gradient norm clipped at 10, ``search_grad_clip: 0`` as the
+  reference) and the reference's plateau rule: after a pass whose loss fell by less than 0.02 both
+  absolutely and relatively, lr *= 0.9. Optimiser and plateau rule start afresh with each phase; the
+  module's parameters carry over.
 * The module, its optimiser, GradScaler and plateau state and its random generator are
   checkpointed; the trainer saves after every search pass, so ``--resume`` continues a phase exactly.
 * Logged: each op's apply probability and magnitude (fraction of its range) every epoch
@@ -29,9 +31,10 @@ Departures from the reference, each one key away from it: differentiable ops ins
 surrogate networks (no key: the surrogates are not reproduced); the relaxed Bernoulli takes the
 learned logits (``apply_logit: sigmoid`` feeds it sigmoid(θ) as the reference does, so an op's apply
 rate stays between 0.5 and 0.73 and no op is ever switched off); signed ops get a random sign per
-batch (``signed_magnitudes: false``: always positive, as the reference's surrogates in use); default
-weights CE 0.1 + KD 0.9 like ``kd`` (the reference: 1 + 1, ``distiller.terms.ce=1
-distiller.terms.kd=1``, which the CIFAR-100 configs set).
+batch (``signed_magnitudes: false``: always positive, as the reference's surrogates in use); the
+module's gradient norm is clipped at 10 (``search_grad_clip: 0``: unclipped, as the reference);
+default weights CE 0.1 + KD 0.9 like ``kd`` (the reference: 1 + 1, ``distiller.terms.ce=1
+distiller.terms.kd=1``). The CIFAR-100 configs set every reference key (docs/methods.md §4.5).
 """
 
 from __future__ import annotations
