@@ -125,4 +125,3 @@ def check_temperature_values(temperature: torch.Tensor) -> None:
     ok = (temperature > 0) & torch.isfinite(temperature)
     index = int((~ok).nonzero()[0, 0])
     fail(f"temperature must be finite and > 0, got temperature[{index}] = {num(float(temperature[index]))}")
-
