@@ -18,13 +18,14 @@ from tskd_fast.distillers.registry import (
     register_method,
     register_term,
 )
-from tskd_fast.distillers.terms import LossTerm, StepOutputs
+from tskd_fast.distillers.terms import LossTerm, StepClock, StepOutputs
 
 __all__ = [
     "Distiller",
     "LossTerm",
     "MethodEntry",
     "RunInfo",
+    "StepClock",
     "StepOutputs",
     "TermEntry",
     "get_method",

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tskd_fast.distillers.terms import LossTerm, StepOutputs, build_term
+from tskd_fast.distillers.terms import LossTerm, StepClock, StepOutputs, build_term
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,10 @@ class Distiller(nn.Module):
         self.weights = {name: float(weight) for name, (weight, _) in terms.items()}
         # Per-epoch multipliers of the weights, set by schedules in on_epoch_start.
         self.term_factors = dict.fromkeys(self.weights, 1.0)
+        # weight * factor of each term as a tensor, which the step multiplies by: a compiled step
+        # then reads the schedule as data instead of recompiling when a factor changes.
+        self.register_buffer("_loss_scales", torch.ones(len(self.weights)), persistent=False)
+        self._scales_written: list[float] = [1.0] * len(self.weights)
         self.options = dict(options or {})
         if any(term.needs_teacher for term in self.terms.values()) and teacher is None:
             raise ValueError(f"the loss terms {list(self.weights)} need a teacher, but none was given")
@@ -112,12 +116,19 @@ class Distiller(nn.Module):
         return any(t.needs_teacher or t.needs_teacher_features for t in self.terms.values())
 
     def forward_train(
-        self, image: Tensor, target: Tensor, epoch: int = 0, progress: float = 0.0, **kwargs: Any
+        self,
+        image: Tensor,
+        target: Tensor,
+        epoch: int = 0,
+        progress: float = 0.0,
+        clock: StepClock | None = None,
+        **kwargs: Any,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """image (B, 3, H, W), target (B,) -> (student logits (B, K), {term name: weighted loss}).
 
         The losses are already multiplied by their weights (and schedule factors); the trainer
-        back-propagates their sum.
+        back-propagates their sum. ``clock`` (a StepClock) stands for ``epoch`` and ``progress``
+        when given (compiled steps pass it); ``kwargs`` are what ``step_inputs`` returned.
         """
         want_s, want_t = self.wants_features()
         s_out = self.student(image, with_features=True) if want_s else self.student(image)
@@ -135,14 +146,33 @@ class Distiller(nn.Module):
             teacher_features=t_feats,
             epoch=epoch,
             progress=progress,
+            clock=clock,
         )
         outputs.extras = self.run_extras(image, outputs)
-        losses = {
-            name: term(outputs) * (self.weights[name] * self.term_factors[name])
-            for name, term in self.terms.items()
-        }
+        scales = self.loss_scales()
+        losses = {name: term(outputs) * scales[i] for i, (name, term) in enumerate(self.terms.items())}
         losses.update(self.method_losses(image, outputs))
         return s_logits, losses
+
+    def loss_scales(self) -> Tensor:
+        """weight * term_factors of every term (in ``terms`` order), (n_terms,) float32 on the
+        distiller's device. Eager calls first write factors that changed since the last call (a
+        fill per changed value, no host read); traced code only reads the tensor, so a compiled
+        step calls this before its traced part (tskd_fast.engine.compile)."""
+        if not torch.compiler.is_compiling():
+            for i, name in enumerate(self.weights):
+                value = self.weights[name] * self.term_factors[name]
+                if value != self._scales_written[i]:
+                    self._loss_scales[i].fill_(value)
+                    self._scales_written[i] = value
+        return self._loss_scales
+
+    def step_inputs(self, image: Tensor, target: Tensor) -> dict[str, Any]:
+        """Keyword arguments of ``forward_train`` decided outside the traced part of a compiled step:
+        random draws and other choices whose values pick the code path (TST's augmentation draw).
+        ``forward_train`` makes them itself when they are not given; a compiled step gets them
+        here first, so the traced code has no such branch and no host read. None by default."""
+        return {}
 
     def wants_features(self) -> tuple[bool, bool]:
         """Whether this step needs the (student, teacher) features: by default, whether a term does."""

@@ -8,7 +8,7 @@ tskd_fast.functional; these classes only adapt it to the config.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 from typing import Any
 
 import torch.nn.functional as F
@@ -20,24 +20,54 @@ from tskd_fast.models import FeatureDict
 from tskd_fast.nn import DTDKDLoss, KDLoss
 
 
-@dataclass
+class StepClock:
+    """Where a training step is in the run: ``epoch`` (0-based) and ``progress`` (the fraction of
+    training done, in [0, 1)). A compiled step (tskd_fast.engine.compile) hands the traced code
+    this object rather than the two numbers, so the trace reads (and recompiles on) them only
+    where a loss term actually uses them."""
+
+    def __init__(self, epoch: int = 0, progress: float = 0.0) -> None:
+        self.epoch = epoch
+        self.progress = progress
+
+
 class StepOutputs:
     """What one training step produced, handed to every loss term.
 
     student_logits: (B, K); teacher_logits: (B, K) or None (no term needs the teacher);
     target: (B,) int64; student_features / teacher_features: the models' FeatureDict when a term
     asked for them, else None; extras: outputs of the distiller's own modules (adapters, ...);
-    epoch: 0-based epoch; progress: fraction of training done, in [0, 1).
+    epoch: 0-based epoch; progress: fraction of training done, in [0, 1) (both read from
+    ``clock``, a StepClock made from ``epoch`` and ``progress`` when not given).
     """
 
-    student_logits: Tensor
-    teacher_logits: Tensor | None
-    target: Tensor
-    student_features: FeatureDict | None = None
-    teacher_features: FeatureDict | None = None
-    extras: dict[str, Any] | None = None
-    epoch: int = 0
-    progress: float = 0.0
+    def __init__(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | None,
+        target: Tensor,
+        student_features: FeatureDict | None = None,
+        teacher_features: FeatureDict | None = None,
+        extras: dict[str, Any] | None = None,
+        epoch: int = 0,
+        progress: float = 0.0,
+        clock: StepClock | None = None,
+    ) -> None:
+        self.student_logits = student_logits
+        self.teacher_logits = teacher_logits
+        self.target = target
+        self.student_features = student_features
+        self.teacher_features = teacher_features
+        self.extras = extras
+        self.clock = clock if clock is not None else StepClock(epoch, progress)
+
+    @property
+    def epoch(self) -> int:
+        return self.clock.epoch
+
+    @property
+    def progress(self) -> float:
+        return self.clock.progress
 
 
 class LossTerm(nn.Module):
@@ -114,8 +144,8 @@ class DTDKATerm(LossTerm):
 
     @property
     def last_mean_temperature(self) -> float | None:
-        tau = self.loss.last_temperature
-        return None if tau is None else float(tau.float().mean())
+        tau = float(self.loss.mean_temperature)  # NaN until the loss has run
+        return None if math.isnan(tau) else tau
 
 
 _KA = ("none", "ps", "lsr")
@@ -170,4 +200,4 @@ def build_term(name: str, options: dict[str, Any]) -> LossTerm:
     return terms()[name].cls(**options)
 
 
-__all__ = ["CrossEntropyTerm", "DTDKATerm", "KDTerm", "LossTerm", "StepOutputs", "build_term"]
+__all__ = ["CrossEntropyTerm", "DTDKATerm", "KDTerm", "LossTerm", "StepClock", "StepOutputs", "build_term"]

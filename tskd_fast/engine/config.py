@@ -15,7 +15,8 @@ Top-level sections (``tskd-fast train --help-config`` prints every key with its 
   section per loss term (``distiller.kd.temperature``), plus the method's own section if any.
 * ``solver``: SGD recipe (epochs, global batch size, lr, momentum, nesterov, weight decay, multistep
   or cosine schedule, linear warmup).
-* ``trainer``: device, AMP, progress bars, TensorBoard, eval batch size, stop_after.
+* ``trainer``: device, AMP, progress bars, TensorBoard, eval batch size, stop_after, compile
+  (tskd_fast.engine.compile).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from tskd_fast.engine.compile import COMPILE_MODES
 from tskd_fast.engine.errors import ConfigError
 from tskd_fast.engine.schema import (
     Field,
@@ -54,6 +56,8 @@ RUNTIME_KEYS = frozenset(
         "trainer.tensorboard",
         "trainer.eval_batch_size",
         "trainer.stop_after",
+        "trainer.compile",
+        "teacher.compile",
     }
 )
 
@@ -118,6 +122,12 @@ def base_schema() -> Section:
             "train": Field(
                 False, bool, "no checkpoint: train the teacher first (cached in <output_dir>/teacher)"
             ),
+            "compile": Field(
+                "false",
+                str,
+                "torch.compile the teacher's forward where it runs outside a compiled step",
+                choices=COMPILE_MODES,
+            ),
             "solver": _partial(_solver_section()),
         },
         "distiller": {"name": Field("kd", str, "distillation method (registry)")},
@@ -142,6 +152,12 @@ def base_schema() -> Section:
                 "stop after this many epochs in this invocation (continue with --resume)",
                 nullable=True,
                 check=positive,
+            ),
+            "compile": Field(
+                "false",
+                str,
+                "torch.compile the student's step (forward, losses, backward); reduce-overhead adds CUDA graphs",
+                choices=COMPILE_MODES,
             ),
         },
     }

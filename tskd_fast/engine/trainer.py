@@ -31,6 +31,7 @@ from tskd_fast.data import DataSplits, eval_loader, train_loader
 from tskd_fast.distillers import Distiller, RunInfo, unwrap
 from tskd_fast.engine import checkpoint as ckpt
 from tskd_fast.engine.amp import amp_dtype, autocast, grad_scaler
+from tskd_fast.engine.compile import compile_teacher, student_step
 from tskd_fast.engine.config import dump, identity
 from tskd_fast.engine.distributed import DistContext
 from tskd_fast.engine.errors import UserError
@@ -220,6 +221,9 @@ class Trainer:
 
             # Only the student and the method's trainable modules; the frozen teacher is not wrapped.
             d.wrap_trainable(wrap)
+        # trainer.compile / teacher.compile (tskd_fast.engine.compile); the modules stay unwrapped.
+        self.step = student_step(d, self.tcfg["compile"])
+        compile_teacher(d.teacher, self.cfg["teacher"]["compile"])
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self, state: Mapping[str, Any] | None = None) -> RunResult:
@@ -425,7 +429,7 @@ class Trainer:
                 images = images.contiguous(memory_format=torch.channels_last)
             progress = (epoch + step / self.iters_per_epoch) / self.solver["epochs"]
             with autocast(self.device, self.dtype):
-                logits, losses = d.forward_train(images, target, epoch=epoch, progress=progress)
+                logits, losses = self.step(images, target, epoch=epoch, progress=progress)
             loss = sum(v.float() for v in losses.values())
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

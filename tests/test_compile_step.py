@@ -1,0 +1,188 @@
+"""Whole training steps under torch.compile, for every method (CPU, tiny models).
+
+* No graph break with a frame in tskd_fast (models, nn, distillers, ops), fused and reference ops
+  (``torch._dynamo.explain`` over the step a CompiledStep traces).
+* No host synchronisation in the traced forward and backward graphs (no op whose output is a
+  value read from a tensor, or whose shape depends on values, e.g. ``aten._local_scalar_dense``,
+  ``aten.nonzero``), and the fused ops appear in them as the package's custom ops; the traced step
+  gives the eager step's losses and gradients. Traced with AOTAutograd and run eagerly (no inductor):
+  seconds per method.
+* Inductor itself: the tst step (every augmentation op, the KD loss op) against the eager step.
+"""
+
+import os
+
+import pytest
+import torch
+from torch._dynamo.backends.common import aot_autograd
+
+import tskd_fast
+from tests.tiny_steps import EPOCHS, METHODS, batch, tiny_distiller
+from tskd_fast.distillers import StepClock, methods
+from tskd_fast.engine.compile import CompiledStep, traced_step
+
+PACKAGE = os.path.dirname(os.path.abspath(tskd_fast.__file__))
+# The fused ops each method's traced graphs must call (forward, backward).
+FUSED = {
+    "vanilla": (set(), set()),
+    "kd": ({"kd_loss"}, set()),
+    "dtd_ka": ({"dtd_weight", "kd_loss"}, set()),
+    "reviewkd": ({"abf_fuse", "hcl_loss"}, {"abf_fuse_backward"}),
+    "tskd": ({"convlstm_gates", "kd_loss"}, {"convlstm_gates_backward"}),
+    "tst": ({"kd_loss"}, set()),
+}
+SYNC_OPS = ("aten.is_nonzero",)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_every_registered_method_is_checked():
+    assert set(methods()) == set(METHODS)
+
+
+def _package_frames(reason) -> list[str]:
+    return [
+        f"{os.path.relpath(f.filename, PACKAGE)}:{f.lineno} ({f.name})"
+        for f in reason.user_stack
+        if os.path.abspath(f.filename).startswith(PACKAGE + os.sep)
+    ]
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_step_has_no_graph_break_in_package_code(method, backend, monkeypatch):
+    monkeypatch.setenv("TSKD_FAST_BACKEND", backend)
+    d, epoch = tiny_distiller(method)
+    x, y = batch()
+    d.loss_scales()
+    explained = torch._dynamo.explain(traced_step)(d, x, y, StepClock(epoch, 0.5), d.step_inputs(x, y))
+    ours = [
+        f"{reason.reason.splitlines()[0]} at {frames}"
+        for reason in explained.break_reasons
+        if (frames := _package_frames(reason))
+    ]
+    assert not ours, "\n".join(ours)
+    # No break anywhere today: one graph for the whole step.
+    assert explained.graph_count == 1, [r.reason.splitlines()[0] for r in explained.break_reasons]
+
+
+def _syncs(gm) -> list[str]:
+    found = []
+    for node in gm.graph.nodes:
+        target = node.target
+        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+            continue
+        tags = target.tags
+        if (
+            torch.Tag.data_dependent_output in tags
+            or torch.Tag.dynamic_output_shape in tags
+            or str(target).startswith(SYNC_OPS)
+        ):
+            found.append(str(target))
+    return found
+
+
+def _fused_ops(gm) -> set[str]:
+    return {
+        str(node.target).split(".")[1]
+        for node in gm.graph.nodes
+        if node.op == "call_function" and str(node.target).startswith("tskd_fast.")
+    }
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_traced_step_has_no_host_sync_forward_and_backward(method):
+    graphs = {}
+
+    def keep(name):
+        def compiler(gm, example_inputs):
+            graphs[name] = gm
+            return gm
+
+        return compiler
+
+    backend = aot_autograd(fw_compiler=keep("forward"), bw_compiler=keep("backward"))
+    eager, epoch = tiny_distiller(method)
+    traced, _ = tiny_distiller(method)
+    x, y = batch()
+    draws = eager.step_inputs(x, y)  # both steps use one draw (tst)
+    step = torch.compile(traced_step, backend=backend, fullgraph=True)
+    traced.loss_scales()
+    logits, losses = step(traced, x, y, StepClock(epoch, 0.5), draws)
+    sum(losses.values()).backward()
+    e_logits, e_losses = eager.forward_train(x, y, epoch=epoch, progress=0.5, **draws)
+    sum(e_losses.values()).backward()
+
+    assert set(graphs) == {"forward", "backward"}
+    for name, gm in graphs.items():
+        assert not _syncs(gm), f"{name} graph reads tensor values on the host: {_syncs(gm)}"
+    assert _fused_ops(graphs["forward"]) == FUSED[method][0]
+    assert _fused_ops(graphs["backward"]) == FUSED[method][1]
+    torch.testing.assert_close(logits, e_logits)
+    assert set(losses) == set(e_losses)
+    for key in losses:
+        torch.testing.assert_close(losses[key], e_losses[key], rtol=1e-4, atol=1e-6)
+    for (name, p), q in zip(eager.named_parameters(), traced.parameters(), strict=True):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_schedule_factors_and_the_clock_do_not_recompile():
+    """ReviewKD's warm-up factor changes every epoch and progress every step: the graph reads the
+    factors as a tensor and the clock not at all, so one compilation serves the whole run."""
+    from torch._dynamo.testing import CompileCounter
+
+    d, _ = tiny_distiller("reviewkd")
+    counter = CompileCounter()
+    step = CompiledStep(d, "default", fullgraph=True, backend=counter)
+    x, y = batch()
+    factors = []
+    for epoch in range(3):
+        d.on_epoch_start(epoch, EPOCHS)
+        factors.append(d.term_factors["hcl"])
+        for i in range(2):
+            _, losses = step(x, y, epoch=epoch, progress=(epoch + i / 2) / EPOCHS)
+            eager = d.terms["hcl"](_outputs_for_hcl(d, x)) * d.weights["hcl"] * factors[-1]
+            torch.testing.assert_close(losses["hcl"], eager, rtol=1e-4, atol=1e-6)
+    assert factors == [0.0, 0.25, 0.5]
+    assert counter.frame_count == 1
+
+
+def _outputs_for_hcl(d, x):
+    from tskd_fast.distillers.terms import StepOutputs
+
+    with torch.no_grad():
+        s_logits, s_feats = d.student(x, with_features=True)
+        t_logits, t_feats = d.teacher(x, with_features=True)
+        outputs = StepOutputs(s_logits, t_logits, None, s_feats, t_feats)
+        outputs.extras = d.run_extras(x, outputs)
+        return outputs
+
+
+def test_inductor_step_of_tst_matches_the_eager_step():
+    """The real compiler (inductor, C++ on the CPU) on the method with the most traced code of its
+    own (14 augmentation ops computed and weighted by the draw) and the fused KD loss."""
+    eager, epoch = tiny_distiller("tst")
+    compiled, _ = tiny_distiller("tst")
+    step = CompiledStep(compiled, "default", fullgraph=True)
+    x, y = batch()
+    for _ in range(2):
+        logits, losses = step(x, y, epoch=epoch, progress=0.5)
+        sum(losses.values()).backward()
+        e_logits, e_losses = eager.forward_train(x, y, epoch=epoch, progress=0.5)
+        sum(e_losses.values()).backward()
+        torch.testing.assert_close(logits, e_logits, rtol=1e-4, atol=1e-5)
+        for key in e_losses:
+            torch.testing.assert_close(losses[key], e_losses[key], rtol=1e-4, atol=1e-5)
+        for (name, p), q in zip(eager.student.named_parameters(), compiled.student.parameters(), strict=True):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4, msg=name)
+        eager.zero_grad(set_to_none=True)
+        compiled.zero_grad(set_to_none=True)
+    # Both consumed one draw per step from generators seeded alike.
+    assert torch.equal(eager.augment.generator.get_state(), compiled.augment.generator.get_state())

@@ -1,0 +1,92 @@
+"""``trainer.compile`` / ``teacher.compile`` in the trainer (CPU): a compiled run writes the
+checkpoints of an eager run (no ``_orig_mod.`` in any key), ``--resume`` continues it exactly, the
+config values are checked, and the teacher compiles in place."""
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounter
+
+from tskd_fast.cli import main
+from tskd_fast.engine.checkpoint import CHECKPOINT, FINAL, load_state
+from tskd_fast.engine.compile import compile_teacher, student_step
+from tskd_fast.engine.config import RUNTIME_KEYS, load_config
+from tskd_fast.engine.errors import ConfigError
+from tskd_fast.models import build_model
+
+# The tst step of tests/tiny_steps.py (batch 4 of 3x32x32, resnet8 pair): the compiled graph is the
+# one test_compile_step.py compiles, so inductor's cache serves both.
+BASE = [
+    "dataset.shapes.train_size=16",
+    "dataset.shapes.test_size=16",
+    "solver.batch_size=4",
+    "solver.epochs=2",
+    "distiller.name=tst",
+    "teacher.name=resnet8",
+    "trainer.compile=default",
+    "trainer.progress=false",
+    "trainer.tensorboard=false",
+    "experiment.baseline=false",
+    "experiment.seed=3",
+]
+
+
+def _keys(state):
+    if isinstance(state, dict):
+        return [k for key, value in state.items() for k in [str(key), *_keys(value)]]
+    if isinstance(state, list):
+        return [k for value in state for k in _keys(value)]
+    return []
+
+
+def test_compiled_run_has_plain_checkpoints_and_resumes_exactly(tmp_path, capsys):
+    torch._dynamo.reset()
+    torch.manual_seed(5)
+    teacher = tmp_path / "teacher.pth"
+    torch.save({"model": build_model("resnet8", 20).state_dict()}, teacher)
+    common = [*BASE, f"teacher.checkpoint={teacher}"]
+    torch._dynamo.utils.counters.clear()
+    assert main(["train", "-o", str(tmp_path / "full"), *common]) == 0
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the step did compile
+    assert main(["train", "-o", str(tmp_path / "cut"), *common, "trainer.stop_after=1"]) == 0
+    assert main(["train", "-o", str(tmp_path / "cut"), *common, "--resume"]) == 0
+    capsys.readouterr()
+    full = load_state(str(tmp_path / "full" / CHECKPOINT))
+    resumed = load_state(str(tmp_path / "cut" / CHECKPOINT))
+    assert not [k for k in _keys(full) if "_orig_mod" in k]
+    assert not [
+        k for k in torch.load(tmp_path / "full" / FINAL, weights_only=True)["model"] if "_orig_mod" in k
+    ]
+    assert set(full["model"]) == set(build_model("resnet8", 20).state_dict())
+    for key, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    strip = [{k: v for k, v in row.items() if k != "time_s"} for row in full["history"]]
+    assert strip == [{k: v for k, v in row.items() if k != "time_s"} for row in resumed["history"]]
+    torch._dynamo.reset()
+
+
+def test_compile_values_are_checked_and_do_not_change_a_runs_identity():
+    cfg = load_config(None, ["trainer.compile=reduce-overhead", "teacher.compile=off"])
+    assert (cfg["trainer"]["compile"], cfg["teacher"]["compile"]) == ("reduce-overhead", "false")
+    assert load_config(None, [])["trainer"]["compile"] == "false"
+    with pytest.raises(ConfigError, match="trainer.compile must be one of false, default, reduce-overhead"):
+        load_config(None, ["trainer.compile=fast"])
+    # A run may be resumed, and a cached teacher reused, with compilation switched on or off.
+    assert {"trainer.compile", "teacher.compile"} <= RUNTIME_KEYS
+    with pytest.raises(ValueError, match="trainer.compile must be one of"):
+        student_step(torch.nn.Linear(1, 1), "yes")
+
+
+def test_teacher_compiles_in_place_with_its_keys():
+    torch._dynamo.reset()
+    model = build_model("resnet8", 10).eval()
+    keys = list(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    counter = CompileCounter()
+    compile_teacher(model, "default", backend=counter)
+    compile_teacher(None, "default")  # no teacher: nothing to do
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+    assert counter.frame_count == 1 and list(model.state_dict()) == keys
+    torch._dynamo.reset()
