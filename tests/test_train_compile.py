@@ -2,6 +2,8 @@
 checkpoints of an eager run (no ``_orig_mod.`` in any key), ``--resume`` continues it exactly, the
 config values are checked, and the teacher compiles in place."""
 
+import socket
+
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
@@ -90,3 +92,39 @@ def test_teacher_compiles_in_place_with_its_keys():
         torch.testing.assert_close(model(x), expected)
     assert counter.frame_count == 1 and list(model.state_dict()) == keys
     torch._dynamo.reset()
+
+
+def test_compiled_step_runs_through_ddp(monkeypatch):
+    """A DDP-wrapped student (the trainer's layout) traces into the compiled step; its gradients
+    are the eager DDP step's (one gloo process)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from tests.tiny_steps import batch, tiny_distiller
+    from tskd_fast.engine.compile import CompiledStep
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        torch._dynamo.reset()
+        runs = []
+        for compiled in (False, True):
+            d, epoch = tiny_distiller("reviewkd")
+            d.wrap_trainable(DistributedDataParallel)
+            step = CompiledStep(d, "default", backend="aot_eager") if compiled else d.forward_train
+            x, y = batch()
+            _, losses = step(x, y, epoch=epoch)
+            sum(losses.values()).backward()
+            runs.append([p.grad for p in d.parameters() if p.requires_grad])
+        for eager, traced in zip(*runs, strict=True):
+            torch.testing.assert_close(traced, eager, rtol=1e-4, atol=1e-6)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    finally:
+        dist.destroy_process_group()
+        torch._dynamo.reset()

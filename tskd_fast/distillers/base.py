@@ -12,6 +12,13 @@ weighted loss terms of the config. Methods with more machinery subclass it and u
   snapshots, a method's own optimiser) so that ``--resume`` continues exactly.
 * ``run_extras(image, outputs)``: compute method outputs (e.g. adapter features) handed to the terms.
 * ``bind_run(info)``: what the run looks like (device, autocast dtype, data normalisation, folder).
+* ``step_inputs(image, target)``: random draws that choose what a step computes, made before the
+  traced part of a compiled step (tskd_fast.engine.compile) and passed to ``forward_train``.
+
+The loss weights times ``term_factors`` reach the step as a tensor (``loss_scales``), and a term
+reads ``outputs.epoch`` / ``outputs.progress`` from a StepClock: a compiled step then needs no
+recompilation when a schedule moves on. Decisions taken in ``on_epoch_start`` that change which
+code runs (TSKD's review epochs) compile one graph per outcome.
 * Extra phases (TST's augmentation search): ``phase_passes(epoch, num_epochs)`` passes over the
   training data run before that training epoch, each a sequence of ``phase_step(image, target,
   epoch, index)`` calls between ``on_phase_pass_start`` and ``on_phase_pass_end``; the trainer
