@@ -54,7 +54,7 @@ $(VENV)/.deps: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q $(TORCH_PINS)
-	$(PIP) install -q triton pytest pytest-benchmark ruff clang-format "cmake>=3.27" ninja pyyaml tqdm tensorboard
+	$(PIP) install -q triton pytest pytest-benchmark ruff clang-format "cmake>=3.27" ninja pyyaml tqdm tensorboard matplotlib
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)

@@ -143,7 +143,13 @@ def get_extension():
     cxx = (
         opt + warn + ["-fopenmp", f"-DTSKD_FAST_WITH_CUDA={int(use_cuda)}", f"-DTSKD_FAST_X86_ISA={int(X86)}"]
     )
-    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    # ops.cpp (the schemas), checks/ and autograd/ (shared by the CPU and CUDA ops), python/ (the
+    # eager entry points), cpu/.
+    sources = [
+        s
+        for folder in ("", "checks/", "autograd/", "python/", "cpu/")
+        for s in sorted(glob.glob(f"csrc/{folder}*.cpp"))
+    ]
     sources += [s for s in sorted(glob.glob("csrc/cpu/isa/*.cpp")) if X86 or _isa_of(s) == "default"]
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
     kwargs = dict(extra_link_args=["-fopenmp"] + (["-g"] if DEBUG else []))

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import peak_memory_bytes, time_call  # noqa: E402
 from kd_loss_table import machine  # noqa: E402
 
-from tskd_fast.distillers import RunInfo, get_method  # noqa: E402
+from tskd_fast.distillers import RunInfo, build_from_config  # noqa: E402
 from tskd_fast.engine.compile import COMPILE_MODES  # noqa: E402
 from tskd_fast.engine.compile import student_step as compiled_step  # noqa: E402
 from tskd_fast.engine.config import schema_defaults  # noqa: E402
@@ -42,10 +42,9 @@ from tskd_fast.models import build_model  # noqa: E402
 
 def build(method: str, teacher: str, student: str, classes: int, device: str):
     torch.manual_seed(0)
-    cfg = schema_defaults("shapes", method)["distiller"]
-    cfg["terms"] = {"ce": 0.1, "kd": 0.9}
+    cfg = {**schema_defaults("shapes", method)["distiller"], "name": method, "terms": {"ce": 0.1, "kd": 0.9}}
     s, t = build_model(student, classes), build_model(teacher, classes)
-    d = get_method(method).cls.from_config(s, t, cfg, method).to(device)
+    d = build_from_config(s, t, cfg).to(device)
     d.to(memory_format=torch.channels_last)
     cifar = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
     d.bind_run(

@@ -5,8 +5,9 @@
 
 The summary counts the tests passed, failed and skipped per backend from pytest's JUnit report
 (the backend is the first of cpu/cuda/triton/reference among a test's parameter ids; "other" for
-tests without one), and lists each timed op with its share of the copy bandwidth. Its exit code
-is 0 only when the build, the tests and the benchmark all went through without a failure.
+tests without one), lists each timed op with its share of the copy bandwidth, and each op's host
+cost against the floor of autograd. Its exit code is 0 only when the build, the tests and both
+benchmarks all went through without a failure.
 """
 
 from __future__ import annotations
@@ -259,6 +260,30 @@ def _steps_section(out_dir: Path, lines: list[str]) -> bool:
     return ok
 
 
+def _overhead_section(out_dir: Path, lines: list[str]) -> bool:
+    """The rows of `python3 -m tskd_fast.bench --overhead --json overhead.json`: each op's host cost
+    of one forward + backward on tiny tensors, fused and eager, in µs and against the floor."""
+    path = out_dir / "overhead.json"
+    if not path.exists():
+        log = out_dir / "overhead.log"
+        lines.append("  no overhead.json" + ("; see overhead.log" if log.exists() else ""))
+        return False
+    rows = json.loads(path.read_text()).get("overhead", [])
+    lines.append(
+        f"  {'op':<10} {'device':<6} {'backend':<8} {'floor µs':>9} {'fused µs':>9} {'x floor':>8} "
+        f"{'eager µs':>9} {'x floor':>8}  target"
+    )
+    for row in rows:
+        lines.append(
+            f"  {row['op']:<10} {row['device']:<6} {row['backend']:<8} {row['floor_us']:>9.1f} "
+            f"{row['fused_us']:>9.1f} {row['fused_vs_floor']:>7.2f}x {row['eager_us']:>9.1f} "
+            f"{row['eager_vs_floor']:>7.2f}x  {'met' if row['met'] else 'MISSED'}"
+        )
+    if not rows:
+        lines.append("  no rows in overhead.json")
+    return bool(rows)
+
+
 def summary(out_dir: Path) -> int:
     phases = _phases(out_dir)
     probe_info = {}
@@ -286,6 +311,8 @@ def summary(out_dir: Path) -> int:
     if any(name.startswith("steps-") for name in phases):
         lines.append("whole training steps (eager and compiled; reference vs fused ops):")
         ok = _steps_section(out_dir, lines) and ok
+    lines.append("host cost (forward + backward on tiny tensors, median):")
+    ok = _overhead_section(out_dir, lines) and ok
     lines.append(f"verdict: {'PASS' if ok else 'FAIL'} (logs in {out_dir})")
     text = "\n".join(lines) + "\n"
     (out_dir / "summary.txt").write_text(text)

@@ -6,11 +6,13 @@
 #   3. time every fused op: `python3 -m tskd_fast.bench --device cuda --quick` (CUDA C++ and Triton
 #      against eager and torch.compile, the KD loss also at an LLM vocabulary in bf16, GB/s against
 #      the copy bandwidth measured in the same run);
-#   4. time every method's whole training step eager, compiled and compiled with CUDA graphs
+#   4. time each op's host cost: `python3 -m tskd_fast.bench --overhead --device cuda --quick`
+#      (forward + backward on tiny tensors, fused and eager against the floor of autograd);
+#   5. time every method's whole training step eager, compiled and compiled with CUDA graphs
 #      (reduce-overhead), reference and fused ops, one bench run per method (steps-<method>.json);
-#   5. profile the tst training step with and without the fused ops, eager and compiled (profile-tst.log);
-#   6. print one summary: tests passed/failed/skipped per backend, the CUDA-graph and sync checks,
-#      each op's time and bandwidth share, each method's step times.
+#   6. profile the tst training step with and without the fused ops, eager and compiled (profile-tst.log);
+#   7. print one summary: tests passed/failed/skipped per backend, the CUDA-graph and sync checks,
+#      each op's time and bandwidth share, each op's host cost, each method's step times.
 # Uses the system python3 and whatever it has installed (no venv, no network, installs nothing).
 #
 #   scripts/gpu_check.sh [OUT_DIR]      (or `make gpu-check OUT=...`)
@@ -37,7 +39,7 @@ PHASES="$OUT_DIR/phases.tsv"
 : > "$LOG"
 : > "$PHASES"
 rm -f "$OUT_DIR/junit.xml" "$OUT_DIR/test-results.jsonl" "$OUT_DIR/bench.json" "$OUT_DIR/bench.log" \
-  "$OUT_DIR"/steps-*.json "$OUT_DIR"/steps-*.log
+  "$OUT_DIR/overhead.json" "$OUT_DIR/overhead.log" "$OUT_DIR"/steps-*.json "$OUT_DIR"/steps-*.log
 export PYTHONPATH="$REPO:$REPO/scripts${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
 if [ "$DEVICE" = "cuda" ]; then unset TRITON_INTERPRET; fi  # Triton compiles for the GPU
@@ -106,7 +108,7 @@ else
 fi
 
 # --- 2. tests -----------------------------------------------------------------------------------
-BENCH_RESERVE=420
+BENCH_RESERVE=465
 if [ "${HAS_PYTEST:-0}" = "1" ]; then
   # The CUDA-graph and sync checks, then the backend-parametrised test files, so that a short
   # budget still covers the kernels.
@@ -130,15 +132,22 @@ else
 fi
 
 # --- 3. timings of the ops -----------------------------------------------------------------------
+OVERHEAD_RESERVE=45
 STEPS_RESERVE=300
 PROFILE_RESERVE=90
 OPS="$("$PY" -c 'from tskd_fast.bench.cases import FAMILIES; print(",".join(FAMILIES))' 2>> "$LOG")"
-LIMIT=$(( $(left) - STEPS_RESERVE - PROFILE_RESERVE ))
+LIMIT=$(( $(left) - OVERHEAD_RESERVE - STEPS_RESERVE - PROFILE_RESERVE ))
 if [ "$LIMIT" -lt 30 ]; then LIMIT=30; fi
 run_phase bench "$LIMIT" "$OUT_DIR/bench.log" \
   "$PY" -m tskd_fast.bench --device "$DEVICE" --quick --ops "${OPS:-all}" --json "$OUT_DIR/bench.json"
 
-# --- 4. whole training steps, eager and compiled -------------------------------------------------
+# --- 4. host cost ---------------------------------------------------------------------------------
+LIMIT=$(( $(left) - STEPS_RESERVE - PROFILE_RESERVE ))
+if [ "$LIMIT" -lt 30 ]; then LIMIT=30; fi
+run_phase overhead "$LIMIT" "$OUT_DIR/overhead.log" \
+  "$PY" -m tskd_fast.bench --overhead --device "$DEVICE" --quick --json "$OUT_DIR/overhead.json"
+
+# --- 5. whole training steps, eager and compiled -------------------------------------------------
 # One bench run per method (a fresh process, its own JSON), so that a method the budget does not
 # reach leaves the others' results; each run compiles the step twice per mode (reference, fused).
 if [ "$DEVICE" = "cuda" ]; then STEP_BATCH_DEFAULT=64 STEP_COMPILE_DEFAULT=default,reduce-overhead
@@ -156,7 +165,7 @@ for METHOD in $STEP_METHODS; do
     --step-compile "${GPU_CHECK_STEP_COMPILE:-$STEP_COMPILE_DEFAULT}" --json "$OUT_DIR/steps-$METHOD.json"
 done
 
-# --- 5. profile of the tst step ------------------------------------------------------------------
+# --- 6. profile of the tst step ------------------------------------------------------------------
 # The first GPU run timed the tst step 2.8x slower with the fused ops than without; the profile
 # of both, eager and compiled (profile-tst.log), says where the time goes.
 LIMIT=$(( $(left) - 10 ))
@@ -167,7 +176,7 @@ else
   record profile-tst skipped 0 "no time left"
 fi
 
-# --- 6. summary ---------------------------------------------------------------------------------
+# --- 7. summary ---------------------------------------------------------------------------------
 record total ok "$(elapsed)" "budget ${BUDGET_S} s"
 "$PY" "$REPO/scripts/gpu_check.py" summary "$OUT_DIR" | tee -a "$LOG"
 exit "${PIPESTATUS[0]}"

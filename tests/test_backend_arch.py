@@ -81,6 +81,7 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     monkeypatch.setattr(backend, "triton_available", lambda: state["triton"])
     monkeypatch.setattr(backend, "_CUDA_RUNS", {})
+    monkeypatch.setattr(backend, "_RESOLVED", {})
     backend._warn_arch_fallback.cache_clear()
     backend._warn_fallback.cache_clear()
     yield state

@@ -17,9 +17,9 @@ from tskd_fast.ops import _extension
 CPU = torch.device("cpu")
 SMALL = {
     "kd_loss": Shape("7x13", (7, 13)),
-    "dtd_ka": Shape("7x13", (7, 13)),
-    "convlstm_gates": Shape("3x5x6x7", (3, 5, 6, 7)),
-    "abf_fuse": Shape("2x5x6x6<-3x3", (2, 5, 6, 3)),
+    "dtd": Shape("7x13", (7, 13)),
+    "convlstm": Shape("3x5x6x7", (3, 5, 6, 7)),
+    "abf": Shape("2x5x6x6<-3x3", (2, 5, 6, 3)),
     "hcl": Shape("3 levels", ((2, 3, 9, 9), (2, 5, 4, 4), (2, 5, 1, 1))),
 }
 TINY_PLAN = Plan(warmup=1, repeat=3, min_repeat=3, max_seconds=5.0)
@@ -46,7 +46,7 @@ def test_every_family_is_listed_with_quick_shapes_and_unique_labels():
 
 
 def test_llm_vocabulary_shape_runs_on_cuda_only_and_in_bf16():
-    for name in ("kd_loss", "dtd_ka"):
+    for name in ("kd_loss", "dtd"):
         family = FAMILIES[name]
         llm = [s for s in family.shapes if s.label == "4096x128256"]
         assert len(llm) == 1 and llm[0].quick
@@ -96,15 +96,15 @@ def _model_bytes(name, inputs, fn):
     if name == "kd_loss":
         s, t = inputs.args
         return _nbytes(s, t, s.grad)
-    if name == "dtd_ka":
+    if name == "dtd":
         s, t, target = inputs.args
         return _nbytes(s, t, s.grad, target)
-    if name == "convlstm_gates":
+    if name == "convlstm":
         gates, c_prev = inputs.args
         h, c = out
         dh, dc = inputs.grads
         return _nbytes(gates, c_prev, h, c) + _nbytes(dh, dc, gates, c_prev, gates.grad, c_prev.grad)
-    if name == "abf_fuse":
+    if name == "abf":
         x, y = inputs.args[:2]
         (grad,) = inputs.grads
         return _nbytes(x, y, out) + _nbytes(grad, x, y, x.grad, y.grad)

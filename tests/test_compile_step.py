@@ -155,7 +155,7 @@ def test_schedule_factors_and_the_clock_do_not_recompile():
 
 
 def _outputs_for_hcl(d, x):
-    from tskd_fast.distillers.terms import StepOutputs
+    from tskd_fast.distillers.base import StepOutputs
 
     with torch.no_grad():
         s_logits, s_feats = d.student(x, with_features=True)

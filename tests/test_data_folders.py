@@ -8,7 +8,7 @@ from PIL import Image
 
 from tskd_fast.data import build_data
 from tskd_fast.engine.config import load_config
-from tskd_fast.engine.errors import UserError
+from tskd_fast.errors import UserError
 
 
 def _folder_tree(root, classes=("cat", "dog", "emu"), per_class=3, size=40):

@@ -16,7 +16,7 @@ from tskd_fast.distillers import (
     registry,
 )
 from tskd_fast.engine.checkpoint import CHECKPOINT, load_state
-from tskd_fast.engine.schema import Field
+from tskd_fast.schema import Field
 
 
 class PooledFeatureMSE(LossTerm):

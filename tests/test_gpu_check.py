@@ -176,11 +176,29 @@ def _bench_rows():
     }  # fmt: skip
 
 
+def _overhead_rows():
+    """What `python3 -m tskd_fast.bench --overhead --json` writes (report.write_overhead_json)."""
+    row = {
+        "op": "kd_loss",
+        "shape": "8x10",
+        "device": "cuda",
+        "backend": "cuda",
+        "floor_us": 40.0,
+        "fused_us": 52.0,
+        "eager_us": 240.0,
+        "fused_vs_floor": 1.3,
+        "eager_vs_floor": 6.0,
+        "met": True,
+    }
+    return {"machine": {"gpu": "NVIDIA H200"}, "overhead": [row]}
+
+
 def test_summary_counts_per_backend_and_shows_bandwidth_shares(tmp_path, capsys):
     cases = [("test_a[cuda]", "passed"), ("test_a[triton]", "passed"), ("test_a[triton-x]", "skipped")]
     cases += [("test_b[cpu]", "passed"), ("test_c", "passed"), ("test_d[reference]", "passed")]
     (tmp_path / "junit.xml").write_text(_junit(cases))
     (tmp_path / "bench.json").write_text(json.dumps(_bench_rows()))
+    (tmp_path / "overhead.json").write_text(json.dumps(_overhead_rows()))
     (tmp_path / "phases.tsv").write_text("build\tok\t61\t\ntests\tok\t200\t\nbench\tok\t90\t\n")
     (tmp_path / "probe.json").write_text(
         json.dumps({"gpu_name": "NVIDIA H200", "arch": "9.0", "has_pytest": True})
@@ -200,6 +218,7 @@ def test_summary_counts_per_backend_and_shows_bandwidth_shares(tmp_path, capsys)
     assert "4096x128256" in text and "3318.0" in text and "83%" in text and "9.50x" in text
     assert "350.0" not in text  # the baselines' own rows are not listed, only their ratios
     assert "step kd" in text and "1.20x" in text and "note: hcl: not available in this build" in text
+    assert lines["kd_loss"][-5:] == ["52.0", "1.30x", "240.0", "6.00x", "met"]
     assert "verdict: PASS" in text and (tmp_path / "summary.txt").read_text() == text
 
 

@@ -39,7 +39,7 @@ def hcl_by_hand(pairs, levels=(4, 2, 1)):
 
 
 def test_windows_of_seven_by_four_overlap():
-    # METHODS §6c lists the third window as [3, 5); the rule gives [3, ceil(21 / 4)) = [3, 6).
+    # docs/methods.md §2.4: the third window is [floor(14 / 4), ceil(21 / 4)) = [3, 6).
     assert windows(7, 4) == [(0, 2), (1, 4), (3, 6), (5, 7)]
 
 
@@ -88,8 +88,18 @@ def pair(shape=(2, 3, 8, 8)):
         ),
         ([pair()[0]], [torch.randn(2, 4, 8, 8)], {}, r"teacher_feats\[0\] has 4 channels"),
         ([pair()[0]], [torch.randn(2, 3, 8, 7)], {}, "spatial size"),
-        ([pair()[0]], [pair()[1].double()], {}, r"teacher_feats\[0\] is torch.float64"),
-        ([pair()[0], pair()[0].double()], [pair()[1]] * 2, {}, r"student_feats\[1\] is torch.float64"),
+        (
+            [pair()[0]],
+            [pair()[1].double()],
+            {},
+            r"teacher_feats\[0\] must be torch.float32, got torch.float64",
+        ),
+        (
+            [pair()[0], pair()[0].double()],
+            [pair()[1]] * 2,
+            {},
+            r"student_feats\[1\] must be torch.float32, got torch.float64",
+        ),
         ([torch.randn(2, 3, 8)], [torch.randn(2, 3, 8)], {}, r"student_feats\[0\] must be 4-D"),
         ([pair()[0]], [pair()[1]], {"levels": (4, 0)}, "levels must all be >= 1"),
         ([pair()[0]], [pair()[1]], {"levels": 4}, "levels must be a sequence of ints"),

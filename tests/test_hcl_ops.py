@@ -6,7 +6,7 @@ import torch
 
 from tests.conftest import device_of, kernel_backends
 from tskd_fast import functional as F
-from tskd_fast.ops import hcl_loss_op
+from tskd_fast.ops import op_for
 
 BACKENDS = kernel_backends()
 
@@ -31,11 +31,15 @@ OPCHECK_CASES = [
 @pytest.mark.parametrize("backend,dtype", OPCHECK_CASES)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_opcheck(backend, channels_last, dtype):
-    op = hcl_loss_op(backend)
+    op = op_for(backend, "hcl_loss")
     shape = (1, 2, 3, 5) if backend == "triton" else (2, 3, 7, 7)
     fs, ft = pair(backend, dtype, shape, channels_last)
-    torch.library.opcheck(op, (fs.requires_grad_(True), ft, [4, 2, 1], True, 1.0))
-    torch.library.opcheck(op, (fs.detach(), ft, [3], False))
+    torch.library.opcheck(op, ([fs.requires_grad_(True)], [ft], [4, 2, 1], [True], 1.0))
+    torch.library.opcheck(op, ([fs.detach()], [ft], [3], [False]))
+    if backend != "triton":
+        # Two stage pairs of different sizes, one of them without a gradient.
+        gs, gt = pair(backend, dtype, (2, 3, 4, 4), channels_last)
+        torch.library.opcheck(op, ([fs, gs.detach()], [ft, gt], [4, 2, 1], [True, False], 0.5))
 
 
 def test_gradcheck_float64_cpu():
@@ -86,22 +90,30 @@ def test_torch_compile_fullgraph_abf_then_hcl(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_op_errors_name_the_argument(backend):
-    op = hcl_loss_op(backend)
+    op = op_for(backend, "hcl_loss")
     fs, ft = pair(backend)
-    with pytest.raises(RuntimeError, match="teacher must have the shape of student"):
-        op(fs, ft[:, :2], [4, 2, 1], True)
-    with pytest.raises(RuntimeError, match="teacher must be Float"):
-        op(fs, ft.double(), [4, 2, 1], True)
-    with pytest.raises(RuntimeError, match="levels must all be >= 1"):
-        op(fs, ft, [4, 0], True)
-    with pytest.raises(RuntimeError, match="at most 8 levels"):
-        op(fs, ft, [1] * 9, True)
-    with pytest.raises(RuntimeError, match="student must be 4-D"):
-        op(fs[0], ft[0], [4], True)
-    with pytest.raises(RuntimeError, match="student is empty"):
-        op(fs[:0], ft[:0], [4], True)
-    with pytest.raises(RuntimeError, match="grad_scale must be finite"):
-        op(fs, ft, [4], True, float("inf"))
+    with pytest.raises(ValueError, match=r"teacher_feats\[0\] has 2 channels but student_feats\[0\] has 3"):
+        op([fs], [ft[:, :2]], [4, 2, 1], [True])
+    with pytest.raises(
+        ValueError, match=r"teacher_feats\[0\] has spatial size \(7, 6\) but student_feats\[0\]"
+    ):
+        op([fs], [ft[..., :6]], [4, 2, 1], [True])
+    with pytest.raises(ValueError, match=r"teacher_feats\[1\] must be torch.float32, got torch.float64"):
+        op([fs, fs], [ft, ft.double()], [4, 2, 1], [True, True])
+    with pytest.raises(ValueError, match=r"levels must all be >= 1 \(pooled sizes\), got \(4, 0\)"):
+        op([fs], [ft], [4, 0], [True])
+    with pytest.raises(ValueError, match="at most 8 levels"):
+        op([fs], [ft], [1] * 9, [True])
+    with pytest.raises(ValueError, match=r"student_feats\[0\] must be 4-D"):
+        op([fs[0]], [ft[0]], [4], [True])
+    with pytest.raises(ValueError, match=r"student_feats\[0\] is empty"):
+        op([fs[:0]], [ft[:0]], [4], [True])
+    with pytest.raises(ValueError, match="grad_scale must be finite"):
+        op([fs], [ft], [4], [True], float("inf"))
+    with pytest.raises(ValueError, match="student_feats has 1 levels but teacher_feats has 2"):
+        op([fs], [ft, ft], [4], [True])
+    with pytest.raises(ValueError, match=r"compute_grad must have one flag per stage pair \(1\), got 2"):
+        op([fs], [ft], [4], [True, True])
 
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="triton cannot run here")

@@ -1,5 +1,5 @@
 """tskd_fast.nn.ABF / ReviewKDFusion / HCLLoss against the official ReviewKD layout written out in
-plain PyTorch (METHODS Part B §1.2-§1.4): same state_dict keys, initialisation, outputs and
+plain PyTorch (docs/methods.md §2.1-§2.4): same state_dict keys, initialisation, outputs and
 gradients, with the fused ops on every backend here; and the argument checks."""
 
 import pytest
@@ -16,7 +16,7 @@ BACKENDS = ["reference", *kernel_backends()]
 
 
 class OfficialABF(nn.Module):
-    """The ABF of METHODS §1.2 in plain PyTorch: the layout, init and forward of the official code."""
+    """The ABF of docs/methods.md §2.1 in plain PyTorch: the layout, init and forward of the official code."""
 
     def __init__(self, in_channel, mid_channel, out_channel, fuse):
         super().__init__()

@@ -12,7 +12,7 @@ from tskd_fast.cli import main
 from tskd_fast.engine.checkpoint import CHECKPOINT, FINAL, load_state
 from tskd_fast.engine.compile import compile_teacher, student_step
 from tskd_fast.engine.config import RUNTIME_KEYS, load_config
-from tskd_fast.engine.errors import ConfigError
+from tskd_fast.errors import ConfigError
 from tskd_fast.models import build_model
 
 # The tst step of tests/tiny_steps.py (batch 4 of 3x32x32, resnet8 pair): the compiled graph is the

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from tskd_fast.cli import main
-from tskd_fast.distillers import methods
+from tskd_fast.distillers import build_method, methods
 from tskd_fast.distillers.terms import CrossEntropyTerm
-from tskd_fast.distillers.tskd import REVIEW_LOSS, ReviewSchedule, TSKDDistiller
+from tskd_fast.distillers.tskd import REVIEW_LOSS, ReviewSchedule
 from tskd_fast.engine.build import build_distiller
 from tskd_fast.engine.checkpoint import CHECKPOINT, load_state
 from tskd_fast.engine.config import load_config
@@ -155,19 +155,19 @@ def test_bad_options_and_unusable_students_are_named():
     student, teacher = build_model("resnet8", 20), build_model("resnet8", 20)
     terms = {"ce": (1.0, CrossEntropyTerm())}
     with pytest.raises(ValueError, match="distiller.tskd.perod"):
-        TSKDDistiller(student, teacher, terms, {"perod": 0.1})
+        build_method("tskd", student, teacher, terms, {"perod": 0.1})
     with pytest.raises(ValueError, match="distiller.tskd.period"):
-        TSKDDistiller(student, teacher, terms, {"period": 0.0})
+        build_method("tskd", student, teacher, terms, {"period": 0.0})
     with pytest.raises(ValueError, match="distiller.tskd.attention_norm"):
-        TSKDDistiller(student, teacher, terms, {"attention_norm": "width"})
+        build_method("tskd", student, teacher, terms, {"attention_norm": "width"})
     with pytest.raises(ValueError, match="student: tskd reviews 5 feature maps"):
-        TSKDDistiller(student, teacher, terms, {"branches": 5})
+        build_method("tskd", student, teacher, terms, {"branches": 5})
     with pytest.raises(ValueError, match="hidden_channels must give one width per branch"):
-        TSKDDistiller(student, teacher, terms, {"hidden_channels": [8, 8]})
+        build_method("tskd", student, teacher, terms, {"hidden_channels": [8, 8]})
     with pytest.raises(ValueError, match="student: tskd needs a model called as"):
-        TSKDDistiller(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), teacher, terms, {})
+        build_method("tskd", nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), teacher, terms, {})
     with pytest.raises(ValueError, match="teacher is None"):
-        TSKDDistiller(student, None, terms, {})
+        build_method("tskd", student, None, terms, {})
     assert main(["train", "--print-config", *TINY, "distiller.tskd.memory_point=2"]) == 2
 
 

@@ -5,11 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from tskd_fast.distillers import RunInfo, get_method
-from tskd_fast.distillers.terms import build_term
+from tskd_fast.distillers import RunInfo, build_term, get_method
 from tskd_fast.distillers.tst import TSTDistiller, search_objective
 from tskd_fast.engine.config import load_config, schema_defaults
-from tskd_fast.engine.errors import ConfigError
+from tskd_fast.errors import ConfigError
 
 MEAN, STD = (0.5, 0.45, 0.4), (0.25, 0.2, 0.3)
 
@@ -158,7 +157,11 @@ def test_packaged_configs_resolve():
     for name in names:
         cfg = load_config(f"configs/cifar100/tst/{name}")
         assert cfg["distiller"]["name"] == "tst" and cfg["dataset"]["name"] == "cifar100"
-        assert cfg["distiller"]["tst"]["search_at"] == [0.125, 0.375]
+        # Whole epochs of the 240-epoch recipe: the reference's search points for the pair.
+        epochs = [f * 240 for f in cfg["distiller"]["tst"]["search_at"]]
+        assert all(abs(e - round(e)) < 1e-6 for e in epochs)
+        expected = [32, 62, 92, 122, 152, 182, 212] if name == "vgg13_vgg8.yaml" else [30, 90]
+        assert [round(e) for e in epochs] == expected
 
 
 def test_training_set_normalisation_is_found():

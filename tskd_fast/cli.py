@@ -1,5 +1,6 @@
-"""The ``tskd-fast`` command: ``tskd-fast train [--config YAML] [key=value ...]``, ``tskd-fast list``
-and ``tskd-fast bench [options]``."""
+"""The ``tskd-fast`` command: ``train [--config YAML] [key=value ...]``, ``eval CHECKPOINT
+[--config YAML] [key=value ...]``, ``compare [METHOD ...] [key=value ...]``, ``list`` and
+``bench [options]``."""
 
 from __future__ import annotations
 
@@ -62,6 +63,52 @@ def _list_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tskd-fast eval",
+        description="Top-1, top-5 and loss of a checkpoint on a dataset's test split. CHECKPOINT is a run "
+        "folder or file of tskd-fast, a RepDistiller / mdistiller model file, or an official ReviewKD / TSKD "
+        "distilled checkpoint; a run's config gives the dataset and model, --config and overrides change them.",
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder or weights file")
+    parser.add_argument(
+        "--config", "-c", metavar="YAML", help="config naming the dataset and model (default: the run's)"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dataset.*, student.* and trainer.* overrides, e.g. student.name=resnet8x4 dataset.name=cifar100",
+    )
+    return parser
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from tskd_fast.engine.checkpoint_eval import evaluate_checkpoint
+
+    print(evaluate_checkpoint(args.checkpoint, args.config, args.overrides).report())
+    return 0
+
+
+def _compare_parser() -> argparse.ArgumentParser:
+    from tskd_fast.engine.compare import add_compare_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="tskd-fast compare",
+        description="Train one teacher (or take teacher.checkpoint), one student per method and the student "
+        "alone on the same data and seed; print a table (top-1, gain over the student alone, time per epoch, "
+        "peak memory) and write a bar chart. Runs are reused as train reuses them.",
+    )
+    add_compare_arguments(parser)
+    return parser
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from tskd_fast.engine.compare import run_compare
+
+    return run_compare(args)
+
+
 def _bench_parser() -> argparse.ArgumentParser:
     # Imported on use: the bench module holds inductor's compile workers back as it loads.
     from tskd_fast.bench.cli import build_parser
@@ -80,6 +127,12 @@ COMMANDS = {
         _train_parser,
         run_train,
         "train / distil (no arguments: the embedded default teacher -> student run)",
+    ),
+    "eval": (_eval_parser, _eval, "top-1 / top-5 / loss of a checkpoint on a test split"),
+    "compare": (
+        _compare_parser,
+        _compare,
+        "train every method on the same data and compare them with the student alone",
     ),
     "list": (_list_parser, _list, "list methods, datasets, models and packaged configs"),
     "bench": (_bench_parser, _bench, "time the fused ops and training steps against eager and torch.compile"),

@@ -12,118 +12,114 @@ from collections.abc import Sequence
 import torch
 
 from tskd_fast import reference
-from tskd_fast.ops import (
-    KA_MODES,
-    abf_fuse_ops,
-    call_abf_fuse,
-    call_convlstm_gates,
-    call_kd_loss,
-    convlstm_gates_ops,
-    dtd_weight_op,
-    hcl_loss_of_pairs,
-    hcl_loss_op,
-    kd_loss_op,
-    resolve_backend,
-)
-from tskd_fast.reference.dtd import temperatures_from_weights
+from tskd_fast.ops import call, resolve_backend
+from tskd_fast.ops.abf import ABF_FUSE
+from tskd_fast.ops.checks import check_tensor, shape_str
+from tskd_fast.ops.common import opmath_dtype, values_readable
+from tskd_fast.ops.convlstm import CONVLSTM_GATES
+from tskd_fast.ops.dtd import DTD_MODES, DTD_TEMPERATURE, DTD_WEIGHT
+from tskd_fast.ops.hcl import HCL_LOSS
+from tskd_fast.ops.kd_loss import KA_MODES, KD_LOSS
+from tskd_fast.ops.spec import OpSpec
 
 __all__ = ["abf_fuse", "convlstm_gates", "dtd_temperature", "dtd_weight", "hcl_loss", "kd_loss"]
 
-REDUCTIONS = ("batchmean", "sum", "none")
-SCALES = ("tau2", "none")
-DTD_MODES = {"flsw": 0, "cwsm": 1}
+REDUCTIONS = {"none": 0, "sum": 1, "batchmean": 2}
+SCALES = {"tau2": True, "none": False}
+
+# Argument checks: the functions below turn their arguments into the op's (codes for strings,
+# tensors for numbers) and check only what that conversion needs; the op checks the rest (the
+# spec's check, tskd_fast/ops/<family>.py, and its C++ twin), naming the argument. The C++ ops
+# check inside the op; the reference path runs the spec's check here.
 
 
-def _choice(name: str, value: str, choices) -> None:
-    if value not in choices:
+def _code(name: str, value, choices: dict):
+    code = choices.get(value) if isinstance(value, str) else None
+    if code is None:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return code
 
 
-def _check_logits(student: torch.Tensor, teacher: torch.Tensor) -> None:
-    for name, t in (("student_logits", student), ("teacher_logits", teacher)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
-    if student.dim() != 2:
-        raise ValueError(f"student_logits must be 2-D (batch, classes), got shape {tuple(student.shape)}")
-    if teacher.shape != student.shape:
-        raise ValueError(
-            f"teacher_logits must have the shape of student_logits {tuple(student.shape)}, "
-            f"got {tuple(teacher.shape)}"
-        )
-    if student.shape[0] == 0:
-        raise ValueError("student_logits is an empty batch (0 rows)")
-    if student.shape[1] == 0:
-        raise ValueError("student_logits has 0 classes")
-    if teacher.device != student.device:
-        raise ValueError(f"teacher_logits is on {teacher.device} but student_logits is on {student.device}")
+def _check_for_reference(spec: OpSpec, *args) -> None:
+    """The op's checks on the arguments the reference runs on (values on CPU tensors, eagerly)."""
+    spec.check(*args)
+    if spec.check_values is not None and values_readable(args[0]):
+        spec.check_values(*args)
 
 
-def _check_target(
-    target: torch.Tensor | None, student: torch.Tensor, needed_for: str | None
-) -> torch.Tensor | None:
-    if target is None:
-        if needed_for is not None:
-            raise ValueError(f"{needed_for} needs target labels, but target is None")
-        return None
+def _labels(target) -> torch.Tensor | None:
+    """target as int64 class indices (integer tensors are converted)."""
+    if target is None or (type(target) is torch.Tensor and target.dtype is torch.int64):
+        return target
     if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.is_complex():
         raise ValueError("target must be an integer tensor of class indices")
-    if target.shape != (student.shape[0],):
-        raise ValueError(
-            f"target must have shape (batch,) = ({student.shape[0]},), got {tuple(target.shape)}"
-        )
-    if target.device != student.device:
-        raise ValueError(f"target is on {target.device} but student_logits is on {student.device}")
-    return target.long()
+    return target if target.dtype == torch.int64 else target.long()
 
 
-def _check_labels(target: torch.Tensor, classes: int, ignore_index: int) -> None:
-    """Labels in [0, classes) or ignore_index. Synchronising checks are skipped on CUDA and when
-    compiling; the kernels check there (device asserts)."""
-    if torch.compiler.is_compiling() or target.device.type != "cpu":
-        return
-    low, high = (int(v) for v in torch.aminmax(target))  # one op: the usual all-valid case is cheap
-    if 0 <= low and high < classes:
-        return
-    bad = (target != ignore_index) & ((target < 0) | (target >= classes))
-    if bool(bad.any()):
-        index = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"target[{index}] = {int(target[index])} is out of range: labels must be in [0, {classes}) "
-            f"or equal ignore_index ({ignore_index})"
-        )
+def _teacher_like(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """The teacher logits detached, in the student's dtype when both are floating."""
+    if type(teacher) is torch.Tensor and teacher.dtype is student.dtype and not teacher.requires_grad:
+        return teacher
+    check_tensor(teacher, "teacher_logits")
+    if teacher.requires_grad:
+        teacher = teacher.detach()
+    if teacher.dtype != student.dtype and teacher.is_floating_point() and student.is_floating_point():
+        teacher = teacher.to(student.dtype)
+    return teacher
 
 
 def _temperature_rows(temperature: float | torch.Tensor, student: torch.Tensor) -> torch.Tensor:
-    """temperature as a detached (B,) tensor of the kernels' compute dtype; checks it is > 0."""
-    rows = student.shape[0]
-    dtype = torch.float64 if student.dtype == torch.float64 else torch.float32
+    """temperature as a detached (B,) tensor of the kernels' compute dtype on the logits' device;
+    a float is checked here (> 0), a tensor's values by the op."""
+    rows = student.shape[0] if student.dim() > 0 else 0
+    dtype = opmath_dtype(student.dtype)
     if isinstance(temperature, torch.Tensor):
-        if temperature.dim() > 1 or (temperature.dim() == 1 and temperature.shape[0] != rows):
+        if (  # already what the op takes (dtd_temperature's output): the common case, checked first
+            temperature.dtype is dtype
+            and temperature.shape == (rows,)
+            and not temperature.requires_grad
+            and temperature.device == student.device
+        ):
+            return temperature
+        if temperature.dim() > 1 or (temperature.dim() == 1 and temperature.shape[0] not in (rows, 1)):
             raise ValueError(
                 f"temperature must be a float, a 0-d tensor or a tensor of shape (batch,) = ({rows},), "
-                f"got shape {tuple(temperature.shape)}"
+                f"got shape {shape_str(temperature.shape)}"
             )
         if temperature.device != student.device and temperature.numel() != 1:
             raise ValueError(
                 f"temperature is on {temperature.device} but student_logits is on {student.device}"
             )
-        tau = temperature.detach()
+        tau = temperature.detach() if temperature.requires_grad else temperature
         if tau.device != student.device or tau.dtype != dtype:
             tau = tau.to(device=student.device, dtype=dtype)
-        tau = tau.expand(rows).contiguous()  # both no-ops for a contiguous (B,) tensor
-        if not torch.compiler.is_compiling() and tau.device.type == "cpu":
-            # One op; NaN propagates into both ends and fails the test.
-            low, high = (float(v) for v in torch.aminmax(tau))
-            if not (low > 0 and high < float("inf")):
-                raise ValueError(f"temperature must be finite and > 0, got min {low}")
+        if tau.dim() != 1 or tau.shape[0] != rows:
+            tau = tau.expand(rows).contiguous()
         return tau
     if isinstance(temperature, bool) or not isinstance(temperature, int | float):
         raise ValueError(f"temperature must be a float or a tensor, got {type(temperature).__name__}")
     if not (temperature > 0 and temperature != float("inf")):
         raise ValueError(f"temperature must be finite and > 0, got {temperature}")
-    return torch.full((rows,), float(temperature), dtype=dtype, device=student.device)
+    if torch.compiler.is_compiling():
+        return torch.full((rows,), float(temperature), dtype=dtype, device=student.device)
+    return _constant_rows(float(temperature), rows, dtype, student.device)
+
+
+# (B,) tensors of one constant temperature, kept for the next call of the same shape: a fixed T is
+# the common case, and making the tensor costs more host time than the rest of a small call.
+# Never written (the ops only read their temperature) and never handed to the caller.
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+_MAX_CONSTANTS = 16
+
+
+def _constant_rows(value: float, rows: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (value, rows, dtype, device, torch.is_inference_mode_enabled())
+    tau = _CONSTANTS.get(key)
+    if tau is None:
+        if len(_CONSTANTS) >= _MAX_CONSTANTS:
+            _CONSTANTS.clear()
+        tau = _CONSTANTS[key] = torch.full((rows,), value, dtype=dtype, device=device)
+    return tau
 
 
 def kd_loss(
@@ -164,50 +160,41 @@ def kd_loss(
     NaN gradient, as log_softmax would give; other rows are unaffected. A -inf logit is a masked
     class: a teacher -inf contributes nothing; a student -inf where the target has mass gives inf.
     """
-    _choice("ka", ka, KA_MODES)
-    _choice("scale", scale, SCALES)
-    _choice("reduction", reduction, REDUCTIONS)
-    _check_logits(student_logits, teacher_logits)
-    if not 0.0 < lsr_p <= 1.0:
-        raise ValueError(f"lsr_p must be in (0, 1] (the label's probability), got {lsr_p}")
-    needed_for = "ka=" + repr(ka) if ka != "none" else ("ce_weight != 0" if ce_weight != 0.0 else None)
-    target = _check_target(target, student_logits, needed_for)
-    if target is not None:
-        _check_labels(target, student_logits.shape[1], ignore_index)
-    tau = _temperature_rows(temperature, student_logits)
-    teacher = teacher_logits.detach()
-    if teacher.dtype != student_logits.dtype:
-        teacher = teacher.to(student_logits.dtype)
-
+    try:
+        ka_code, scale_tau2, reduction_code = KA_MODES[ka], SCALES[scale], REDUCTIONS[reduction]
+    except (KeyError, TypeError):  # say which one, as _code does
+        ka_code = _code("ka", ka, KA_MODES)
+        scale_tau2 = _code("scale", scale, SCALES)
+        reduction_code = _code("reduction", reduction, REDUCTIONS)
+    check_tensor(student_logits, "student_logits")
     chosen = resolve_backend(backend, student_logits.device)
-    if chosen == "reference":
-        return reference.kd_loss(
-            student_logits, teacher, target, tau, ka, lsr_p, scale, ce_weight, ignore_index, reduction
-        )
+    teacher = _teacher_like(teacher_logits, student_logits)
+    target = _labels(target)
+    tau = _temperature_rows(temperature, student_logits)
+    # The mean's 1/B goes into the gradient the kernel writes (tskd_fast/ops/kd_loss.py).
+    shape = student_logits.shape
+    grad_scale = 1.0 / shape[0] if reduction_code == 2 and shape and shape[0] > 0 else 1.0
     compute_grad = student_logits.requires_grad and torch.is_grad_enabled()
-    rows = student_logits.shape[0]
-    # The batchmean factor goes into the gradient the kernel writes (see tskd_fast.ops.kd_loss).
-    grad_scale = 1.0 / rows if reduction == "batchmean" else 1.0
-    row_loss, _ = call_kd_loss(
-        kd_loss_op(chosen),
+    args = (
         student_logits,
         teacher,
         target,
         tau,
-        KA_MODES[ka],
+        ka_code,
         float(lsr_p),
-        scale == "tau2",
+        scale_tau2,
         float(ce_weight),
         int(ignore_index),
         compute_grad,
         grad_scale,
+        reduction_code,
     )
-    if reduction == "batchmean":
-        loss = row_loss.mean()  # sum / B in one op
-    elif reduction == "sum":
-        loss = row_loss.sum()
-    else:
-        loss = row_loss
+    if chosen == "reference":
+        _check_for_reference(KD_LOSS, *args)
+        return reference.kd_loss(
+            student_logits, teacher, target, tau, ka, lsr_p, scale, ce_weight, ignore_index, reduction
+        )
+    loss, _ = call(KD_LOSS, chosen, args)
     return loss if loss.dtype == student_logits.dtype else loss.to(student_logits.dtype)
 
 
@@ -227,29 +214,34 @@ def dtd_weight(
     norm; with ka="ps" it sees the probability-shifted teacher. mode="cwsm": w = 1 / (max_k
     softmax(z)_k + 1e-3).
     """
-    _choice("mode", mode, DTD_MODES)
-    _choice("ka", ka, KA_MODES)
-    _check_logits(student_logits, teacher_logits)
-    if not (gamma >= 0 and gamma != float("inf")):
-        raise ValueError(f"gamma must be finite and >= 0, got {gamma}")
-    uses_ka = ka == "ps" and mode == "flsw"
-    target = _check_target(target if uses_ka else None, student_logits, "ka='ps'" if uses_ka else None)
-    if target is not None:
-        _check_labels(target, student_logits.shape[1], ignore_index)
-    student = student_logits.detach()
-    teacher = teacher_logits.detach().to(student.dtype)
-    chosen = resolve_backend(backend, student.device)
+    args = _dtd_args(student_logits, teacher_logits, mode, gamma, target, ka, ignore_index)
+    chosen = resolve_backend(backend, args[0].device)
     if chosen == "reference":
+        _check_for_reference(DTD_WEIGHT, *args)
+        student, teacher, target, _, _, ka_code, _ = args
         return reference.dtd_weight(
-            student, teacher, target, mode, gamma, ka if uses_ka else "none", ignore_index
+            student, teacher, target, mode, gamma, "ps" if ka_code else "none", ignore_index
         )
-    return dtd_weight_op(chosen)(
-        student,
-        teacher,
-        target,
-        DTD_MODES[mode],
+    return call(DTD_WEIGHT, chosen, args)
+
+
+def _dtd_args(student_logits, teacher_logits, mode, gamma, target, ka, ignore_index) -> tuple:
+    """The arguments of the DTD ops (which have no gradient): the labels only where the weights read
+    them (ka="ps" with flsw; label smoothing changes the target distribution, not the logits)."""
+    try:
+        mode_code, ka_code = DTD_MODES[mode], KA_MODES[ka]
+    except (KeyError, TypeError):  # say which one, as _code does
+        mode_code = _code("mode", mode, DTD_MODES)
+        ka_code = _code("ka", ka, KA_MODES)
+    check_tensor(student_logits, "student_logits")
+    uses_ka = ka_code == 1 and mode_code == 0  # probability shift with flsw
+    return (
+        student_logits,
+        _teacher_like(teacher_logits, student_logits),
+        _labels(target) if uses_ka else None,
+        mode_code,
         float(gamma),
-        KA_MODES[ka] if uses_ka else 0,
+        ka_code if uses_ka else 0,
         int(ignore_index),
     )
 
@@ -275,54 +267,29 @@ def dtd_temperature(
     Rows whose w is not finite (NaN or inf logits) stay out of the mean and get tau = t0: the
     other rows are unaffected and every temperature stays valid (their loss is NaN anyway).
     """
-    if not (t0 > 0 and t0 != float("inf")):
-        raise ValueError(f"t0 must be finite and > 0, got {t0}")
-    if not (min_temperature > 0):
-        raise ValueError(f"min_temperature must be > 0, got {min_temperature}")
-    if beta != beta or abs(beta) == float("inf"):
-        raise ValueError(f"beta must be finite, got {beta}")
-    w = dtd_weight(student_logits, teacher_logits, mode, gamma, target, ka, ignore_index, backend)
-    return temperatures_from_weights(w, t0, beta, min_temperature)
-
-
-_GATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def _check_convlstm_inputs(
-    gates: torch.Tensor, c_prev: torch.Tensor, peepholes: dict[str, torch.Tensor | None]
-) -> None:
-    for name, t in (("gates", gates), ("c_prev", c_prev)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _GATE_DTYPES:
-            raise ValueError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
-    if c_prev.dim() != 4:
-        raise ValueError(f"c_prev must be 4-D (B, C_h, H, W), got shape {tuple(c_prev.shape)}")
-    batch, hidden, height, width = c_prev.shape
-    expected = (batch, 4 * hidden, height, width)
-    if gates.dim() != 4 or tuple(gates.shape) != expected:
-        raise ValueError(
-            f"gates must have shape (B, 4*C_h, H, W) = {expected} for c_prev of shape "
-            f"{tuple(c_prev.shape)} (channels in the order i, f, g, o), got {tuple(gates.shape)}"
+    args = (
+        *_dtd_args(student_logits, teacher_logits, mode, gamma, target, ka, ignore_index),
+        float(t0),
+        float(beta),
+        float(min_temperature),
+    )
+    chosen = resolve_backend(backend, args[0].device)
+    if chosen == "reference":
+        _check_for_reference(DTD_TEMPERATURE, *args)
+        student, teacher, target, _, _, ka_code, _ = args[:7]
+        return reference.dtd_temperature(
+            student,
+            teacher,
+            t0,
+            beta,
+            gamma,
+            mode,
+            min_temperature,
+            target,
+            "ps" if ka_code else "none",
+            ignore_index,
         )
-    if c_prev.dtype != gates.dtype:
-        raise ValueError(f"c_prev must have the dtype of gates ({gates.dtype}), got {c_prev.dtype}")
-    if c_prev.device != gates.device:
-        raise ValueError(f"c_prev is on {c_prev.device} but gates is on {gates.device}")
-    for name, w in peepholes.items():
-        if w is None:
-            continue
-        if not isinstance(w, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor or None, got {type(w).__name__}")
-        if tuple(w.shape) not in ((hidden, height, width), (1, hidden, height, width)):
-            raise ValueError(
-                f"{name} must have shape (C_h, H, W) = {(hidden, height, width)} or "
-                f"(1, C_h, H, W) = {(1, hidden, height, width)}, got {tuple(w.shape)}"
-            )
-        if w.dtype != gates.dtype:
-            raise ValueError(f"{name} must have the dtype of gates ({gates.dtype}), got {w.dtype}")
-        if w.device != gates.device:
-            raise ValueError(f"{name} is on {w.device} but gates is on {gates.device}")
+    return call(DTD_TEMPERATURE, chosen, args)
 
 
 def convlstm_gates(
@@ -352,64 +319,38 @@ def convlstm_gates(
         (h, c): the new hidden and cell states, each (B, C_h, H, W) in the dtype of gates.
         Gradients reach gates, c_prev and every peephole given.
     """
-    peepholes = {"w_ci": w_ci, "w_cf": w_cf, "w_co": w_co}
-    _check_convlstm_inputs(gates, c_prev, peepholes)
+    check_tensor(gates, "gates")
+    check_tensor(c_prev, "c_prev")
+    for name, w in (("w_ci", w_ci), ("w_cf", w_cf), ("w_co", w_co)):
+        if w is not None and not isinstance(w, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor or None, got {type(w).__name__}")
     chosen = resolve_backend(backend, gates.device)
     if chosen == "reference":
+        _check_for_reference(CONVLSTM_GATES, gates, c_prev, w_ci, w_cf, w_co)
         return reference.convlstm_gates(gates, c_prev, w_ci, w_cf, w_co)
-    op, backward_op = convlstm_gates_ops(chosen)
-    return call_convlstm_gates(op, backward_op, gates, c_prev, w_ci, w_cf, w_co)
+    return call(CONVLSTM_GATES, chosen, (gates, c_prev, w_ci, w_cf, w_co))
 
 
-FEATURE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def _check_feature(name: str, t: torch.Tensor) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in FEATURE_DTYPES:
-        raise ValueError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
-    if t.dim() != 4:
-        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
-    if t.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
-
-
-def _check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
-    if t.dtype != ref.dtype:
-        raise ValueError(f"{name} is {t.dtype} but {ref_name} is {ref.dtype}")
-    if t.device != ref.device:
-        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
-
-
-def _check_abf_inputs(
-    x: torch.Tensor, y: torch.Tensor, att_weight: torch.Tensor, att_bias: torch.Tensor
-) -> None:
-    _check_feature("x", x)
-    _check_feature("y", y)
-    _check_same("y", y, "x", x)
-    n, m, h, w = x.shape
-    if y.shape[0] != n:
-        raise ValueError(f"y (the residual) has batch size {y.shape[0]} but x has {n}")
-    if y.shape[1] != m:
-        raise ValueError(f"y (the residual) has {y.shape[1]} channels but x has {m}")
-    if y.shape[2] > h or y.shape[3] > w:
-        raise ValueError(
-            f"y (the residual) of spatial size {tuple(y.shape[2:])} cannot be fused into x of size "
-            f"{(h, w)}: the residual is upsampled, so it must be at most as large as x"
-        )
+def _attention_weights(att_weight, att_bias, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention conv's (2, 2M, 1, 1) or (2, 2M) weight and (2,) bias as the op takes them:
+    (2, 2M) and (2,) in x's opmath dtype."""
     for name, t in (("att_weight", att_weight), ("att_bias", att_bias)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             raise ValueError(f"{name} must be a floating-point torch.Tensor")
-        if t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-    if tuple(att_weight.shape) not in ((2, 2 * m, 1, 1), (2, 2 * m)):
-        raise ValueError(
-            f"att_weight must have shape (2, 2M, 1, 1) or (2, 2M) = (2, {2 * m}) for M = {m} channels, "
-            f"got {tuple(att_weight.shape)}"
-        )
     if tuple(att_bias.shape) != (2,):
-        raise ValueError(f"att_bias must have shape (2,), got {tuple(att_bias.shape)}")
+        raise ValueError(f"att_bias must have shape (2,), got {shape_str(att_bias.shape)}")
+    if x.dim() == 4:
+        m = x.shape[1]
+        if tuple(att_weight.shape) not in ((2, 2 * m, 1, 1), (2, 2 * m)):
+            raise ValueError(
+                f"att_weight must have shape (2, 2M, 1, 1) or (2, 2M) = (2, {2 * m}) for M = {m} channels, "
+                f"got {shape_str(att_weight.shape)}"
+            )
+    opmath = opmath_dtype(x.dtype)
+    weight = att_weight.reshape(2, -1) if att_weight.dim() != 2 else att_weight
+    if weight.dtype != opmath:
+        weight = weight.to(opmath)
+    return weight, att_bias if att_bias.dtype == opmath else att_bias.to(opmath)
 
 
 def abf_fuse(
@@ -434,15 +375,14 @@ def abf_fuse(
         fused (N, M, h, w) in x's dtype and memory format. Gradients reach x, y, att_weight and
         att_bias; the kernels compute in float32 (float64 for float64 inputs).
     """
-    _check_abf_inputs(x, y, att_weight, att_bias)
+    check_tensor(x, "x")
     chosen = resolve_backend(backend, x.device)
+    weight, bias = _attention_weights(att_weight, att_bias, x)
     if chosen == "reference":
+        _check_for_reference(ABF_FUSE, x, y, weight, bias)
         return reference.abf_fuse(x, y, att_weight, att_bias)
-    opmath = torch.float64 if x.dtype == torch.float64 else torch.float32
-    weight = att_weight.reshape(2, -1).to(opmath)
-    bias = att_bias.to(opmath)
-    forward_op, backward_op = abf_fuse_ops(chosen)
-    return call_abf_fuse(forward_op, backward_op, x, y, weight, bias)
+    fused, _ = call(ABF_FUSE, chosen, (x, y, weight, bias))
+    return fused
 
 
 def _feature_pairs(
@@ -466,28 +406,10 @@ def _feature_pairs(
     return students, teachers
 
 
-def _check_hcl_inputs(students: list[torch.Tensor], teachers: list[torch.Tensor], levels) -> tuple[int, ...]:
-    for i, (fs, ft) in enumerate(zip(students, teachers, strict=True)):
-        s_name, t_name = f"student_feats[{i}]", f"teacher_feats[{i}]"
-        _check_feature(s_name, fs)
-        _check_feature(t_name, ft)
-        _check_same(t_name, ft, s_name, fs)
-        _check_same(s_name, fs, "student_feats[0]", students[0])
-        if ft.shape[0] != fs.shape[0]:
-            raise ValueError(f"{t_name} has batch size {ft.shape[0]} but {s_name} has {fs.shape[0]}")
-        if ft.shape[1] != fs.shape[1]:
-            raise ValueError(f"{t_name} has {ft.shape[1]} channels but {s_name} has {fs.shape[1]}")
-        if ft.shape != fs.shape:
-            raise ValueError(
-                f"{t_name} has spatial size {tuple(ft.shape[2:])} but {s_name} has {tuple(fs.shape[2:])}: "
-                f"HCL compares features of one size"
-            )
+def _levels(levels) -> list[int]:
     if isinstance(levels, int) or not all(isinstance(lv, int) and not isinstance(lv, bool) for lv in levels):
         raise ValueError(f"levels must be a sequence of ints, got {levels!r}")
-    levels = tuple(levels)
-    if any(lv < 1 for lv in levels):
-        raise ValueError(f"levels must all be >= 1 (pooled sizes), got {levels}")
-    return levels
+    return list(levels)
 
 
 def hcl_loss(
@@ -516,9 +438,14 @@ def hcl_loss(
         float64 features).
     """
     students, teachers = _feature_pairs(student_feats, teacher_feats)
-    levels = _check_hcl_inputs(students, teachers, levels)
+    levels = _levels(levels)
+    check_tensor(students[0], "student_feats[0]")
     chosen = resolve_backend(backend, students[0].device)
+    teachers = [ft.detach() if isinstance(ft, torch.Tensor) and ft.requires_grad else ft for ft in teachers]
+    grad_enabled = torch.is_grad_enabled()
+    compute_grad = [grad_enabled and isinstance(fs, torch.Tensor) and fs.requires_grad for fs in students]
     if chosen == "reference":
-        return reference.hcl_loss(students, [ft.detach() for ft in teachers], levels)
-    total = hcl_loss_of_pairs(hcl_loss_op(chosen), students, [ft.detach() for ft in teachers], list(levels))
-    return total.to(students[0].dtype)
+        _check_for_reference(HCL_LOSS, students, teachers, levels, compute_grad, 1.0)
+        return reference.hcl_loss(students, teachers, tuple(levels))
+    loss, _ = call(HCL_LOSS, chosen, (students, teachers, levels, compute_grad, 1.0))
+    return loss if loss.dtype == students[0].dtype else loss.to(students[0].dtype)

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tskd_fast.engine.errors import UserError
+from tskd_fast.errors import UserError
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +50,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     """Execute ``train`` with parsed arguments; raises UserError on bad input."""
     from tskd_fast.engine.config import dump, full_schema, load_config
-    from tskd_fast.engine.schema import describe
+    from tskd_fast.schema import describe
 
     overrides = list(args.overrides)
     if args.output_dir:

@@ -5,10 +5,11 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "cpu/isa_declare.h"
 #include "tskd_fast/hcl_math.h"
 
 // Arguments of the CPU HCL kernel (csrc/cpu/hcl_kernel.h), filled by csrc/cpu/hcl.cpp after the
-// inputs are checked; compiled once per vector ISA (csrc/cpu/isa/abf_fuse_hcl_<isa>.cpp).
+// inputs are checked; compiled once per vector ISA (csrc/cpu/isa/hcl_<isa>.cpp).
 namespace tskd_fast::cpu {
 
 struct HclArgs {
@@ -32,10 +33,9 @@ constexpr int64_t kHclFlatChunk = 16384;
 
 // Lanes of one task: channels (channels_last), or NCHW planes. A multi-plane task's window work
 // is the same however many planes share it, so small maps take many: 64 planes per task for maps
-// of up to 64 elements (8x8: 1.13x, 7x7: 1.2x faster than 16, measured alternately in one
-// process; 16-20 KiB buffers, within L1), 16 for maps of up to 784 (28x28; more planes overflowed
-// L1 there and were 7-12 % slower), one for larger maps (their window work is small per element;
-// at 32x32 the one-plane path was already 1.1-1.25x faster, at 28x28 the two were even).
+// of up to 64 elements (16-20 KiB buffers, within L1), 16 for maps of up to 784 (28x28; more
+// planes overflow L1 there), one for larger maps (their window work is small per element). The
+// measurements behind each bound: benchmarks/README.md, "Kernel design measurements".
 inline int64_t hcl_task_lanes(const HclArgs& a) {
   if (a.channels_last) return std::min(a.c, kHclChannelBlock);
   const int64_t hw = a.h * a.w;
@@ -55,11 +55,7 @@ inline int64_t hcl_partial_count(const HclArgs& a) {
   void hcl_kernel(const HclArgs& a);       \
   }
 
-TSKD_FAST_DECLARE_HCL_KERNELS(DEFAULT)
-#if TSKD_FAST_X86_ISA
-TSKD_FAST_DECLARE_HCL_KERNELS(AVX2)
-TSKD_FAST_DECLARE_HCL_KERNELS(AVX512)
-#endif
+TSKD_FAST_DECLARE_ISA_KERNELS(TSKD_FAST_DECLARE_HCL_KERNELS)
 #undef TSKD_FAST_DECLARE_HCL_KERNELS
 
 }  // namespace tskd_fast::cpu

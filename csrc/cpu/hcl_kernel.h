@@ -71,7 +71,7 @@ struct Axis {
 
 // The plane stride of a multi-plane task's plane-major buffer: hw plus a pad, so
 // that the 16 rows of a transpose never sit a multiple of 4 KiB apart (they would share one L1
-// set: 1024-element planes were 1.4x slower per element than 784-element ones without the pad).
+// set; benchmarks/README.md, "Kernel design measurements").
 inline int64_t plane_stride(int64_t hw) { return hw + kHclChannelBlock; }
 
 // Per-task scratch, the interleaved parts with `stride` lanes (the task's lanes, hcl_task_lanes:
@@ -200,7 +200,7 @@ double reduce_windows(const HclArgs& a, const Axis& rows, const Axis& cols, int6
 }
 
 // d = fs - ft over n contiguous elements; returns sum(d^2). Kept out of line: inlined into the
-// parallel loop's body, GCC 12 leaves this simd reduction scalar (about 3x slower).
+// parallel loop's body, GCC 12 leaves this simd reduction scalar.
 template <typename scalar_t, typename T>
 __attribute__((noinline)) T subtract(const scalar_t* fs, const scalar_t* ft, T* d, int64_t n) {
   T ssq = 0;
@@ -214,7 +214,7 @@ __attribute__((noinline)) T subtract(const scalar_t* fs, const scalar_t* ft, T* 
 }
 
 // grad = factor (fs - ft) over n contiguous elements; returns sum((fs - ft)^2). Out of line for
-// the same reason as subtract (inlined, its loop was scalar: about 2x slower).
+// the same reason as subtract (inlined, its loop is scalar).
 template <typename scalar_t, typename T>
 __attribute__((noinline)) T subtract_scaled(const scalar_t* fs, const scalar_t* ft, scalar_t* grad,
                                             T factor, int64_t n) {

@@ -1,26 +1,13 @@
 #pragma once
 
-#include <ATen/Context.h>
+#include <ATen/Version.h>
 
 #include <string>
 
-#include "cpu/kernel_args.h"
-
-// The kernels of each vector ISA (csrc/cpu/isa/kernels_<isa>.cpp) and the choice between them.
+// The choice between the vector ISAs each CPU kernel body is compiled for (cpu/isa_declare.h).
+// Included by the dispatchers (cpu/<family>.cpp) only, never by the ISA files: the inline
+// function below must be compiled without ISA flags.
 namespace tskd_fast::cpu {
-
-#define TSKD_FAST_DECLARE_ISA_KERNELS(ISA)           \
-  namespace ISA {                                    \
-  void kd_loss_kernel(const KdLossArgs& args);       \
-  void dtd_weight_kernel(const DtdWeightArgs& args); \
-  }
-
-TSKD_FAST_DECLARE_ISA_KERNELS(DEFAULT)
-#if TSKD_FAST_X86_ISA
-TSKD_FAST_DECLARE_ISA_KERNELS(AVX2)
-TSKD_FAST_DECLARE_ISA_KERNELS(AVX512)
-#endif
-#undef TSKD_FAST_DECLARE_ISA_KERNELS
 
 enum class Isa { kDefault, kAvx2, kAvx512 };
 

@@ -15,7 +15,7 @@
 #include <memory>
 
 #include "cpu/fast_exp.h"
-#include "cpu/kernel_args.h"
+#include "cpu/kd_loss_args.h"
 #include "cpu/vec_lanes.h"
 #include "tskd_fast/kd_loss_math.h"
 

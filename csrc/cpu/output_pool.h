@@ -9,8 +9,8 @@ namespace tskd_fast::cpu {
 // A new tensor for a kernel output (the layout of `format`). On the CPU, outputs of at least
 // kPooledOutputBytes come from a small pool of blocks that earlier outputs released, instead of
 // fresh memory from the system: glibc maps every allocation of 32 MiB or more anew and unmaps it
-// on free, so each call would fault in and zero every page first (at a 1024 x 32000 KD loss that
-// is 200 ms of page faults and huge-page compaction against a 22 ms kernel). Blocks are 2 MiB
+// on free, so each call would fault in and zero every page first, which at large outputs costs
+// several times the kernel (benchmarks/README.md, "Kernel design measurements"). Blocks are 2 MiB
 // aligned and advised for transparent huge pages; the pool keeps at most kPooledCacheBytes of
 // released blocks and reports its allocations to PyTorch's memory profiler. Other outputs, and
 // every non-CPU one, come from at::empty.

@@ -1,5 +1,6 @@
-// tskd_fast::hcl_loss on CUDA GPUs: input checks, the included levels and their windows, the
-// kernel of hcl_kernels.cuh on the current stream, then the per-plane terms summed in order.
+// tskd_fast::hcl_loss on CUDA GPUs: input checks, then per stage pair the included levels and
+// their windows, the kernel of hcl_kernels.cuh on the current stream, and the per-plane terms
+// summed in order; the pairs' losses are summed on the device (no host sync).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
@@ -8,21 +9,22 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <vector>
 
-#include "abf_hcl_checks.h"
 #include "cuda/dispatch.cuh"
 #include "cuda/hcl_kernels.cuh"
+#include "tskd_fast/checks.h"
+#include "tskd_fast/hcl_checks.h"
+#include "tskd_fast/layout.h"
 
 namespace tskd_fast::cuda {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> hcl_loss_cuda(const at::Tensor& student_in,
-                                                 const at::Tensor& teacher_in,
-                                                 at::IntArrayRef levels, bool compute_grad,
-                                                 double grad_scale) {
+// The loss of one stage pair (0-d double on the device), and its gradient into `grad`.
+at::Tensor hcl_pair(const at::Tensor& student_in, const at::Tensor& teacher_in,
+                    at::IntArrayRef levels, bool compute_grad, double grad_scale,
+                    at::Tensor& grad) {
   const char* op = "tskd_fast::hcl_loss";
-  check_hcl_inputs(student_in, teacher_in, levels, grad_scale, op);
-  const c10::cuda::CUDAGuard device_guard(student_in.device());
   const bool channels_last = kernel_channels_last(student_in);
   const at::Tensor student = in_kernel_layout(student_in, channels_last);
   const at::Tensor teacher = in_kernel_layout(teacher_in, channels_last);
@@ -36,14 +38,14 @@ std::tuple<at::Tensor, at::Tensor> hcl_loss_cuda(const at::Tensor& student_in,
     q.offset[k] = q.windows;
     q.windows += q.levels.size[k] * q.levels.size[k];
   }
-  TORCH_CHECK(q.windows <= kHclMaxWindows, op, ": at most ", kHclMaxWindows,
-              " pooling windows (the sum of l^2 over the included levels) on CUDA, got ",
-              q.windows);
+  TORCH_CHECK_VALUE(q.windows <= kHclMaxWindows, "levels ", py_shape(levels), " give ", q.windows,
+                    " pooling windows (the sum of l^2 over the included levels), CUDA takes at "
+                    "most ",
+                    kHclMaxWindows);
   const double norm = q.levels.tot * static_cast<double>(n) * static_cast<double>(c);
   q.grad_factor = static_cast<float>(grad_scale * 2.0 / norm);
-  at::Tensor grad = compute_grad
-                        ? empty_in_layout(student.sizes(), student.options(), channels_last)
-                        : at::empty({0}, student.options());
+  grad = compute_grad ? empty_in_layout(student.sizes(), student.options(), channels_last)
+                      : at::empty({0}, student.options());
   q.sfn = student.stride(0);
   q.sfc = student.stride(1);
   q.sfh = student.stride(2);
@@ -69,8 +71,24 @@ std::tuple<at::Tensor, at::Tensor> hcl_loss_cuda(const at::Tensor& student_in,
         planes.mutable_data_ptr<float>(), q);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  at::Tensor loss = planes.sum(at::kDouble).div(norm).to(at::kFloat);
-  return {loss, grad};
+  return planes.sum(at::kDouble).div(norm);
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> hcl_loss_cuda(at::TensorList student_feats,
+                                                              at::TensorList teacher_feats,
+                                                              at::IntArrayRef levels,
+                                                              const c10::List<bool>& compute_grad,
+                                                              double grad_scale) {
+  check_hcl_inputs(student_feats, teacher_feats, levels, compute_grad, grad_scale);
+  const c10::cuda::CUDAGuard device_guard(student_feats[0].device());
+  std::vector<at::Tensor> grads(student_feats.size());
+  at::Tensor loss;
+  for (size_t i = 0; i < student_feats.size(); ++i) {
+    const at::Tensor pair = hcl_pair(student_feats[i], teacher_feats[i], levels,
+                                     compute_grad.get(i), grad_scale, grads[i]);
+    loss = i == 0 ? pair : loss + pair;
+  }
+  return {loss.to(at::kFloat), grads};
 }
 
 }  // namespace

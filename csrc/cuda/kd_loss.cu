@@ -1,7 +1,10 @@
-// tskd_fast::kd_loss on CUDA GPUs: input checks, then the kernels of kd_loss_kernels.cuh on the
-// current stream of the inputs' device.
+// tskd_fast::kd_loss on CUDA GPUs: input checks, the kernels of kd_loss_kernels.cuh on the
+// current stream of the inputs' device, then the reduction of the per-row losses (on the device,
+// no host sync).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mean.h>
+#include <ATen/ops/sum.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -13,7 +16,8 @@
 
 #include "cuda/dispatch.cuh"
 #include "cuda/kd_loss_kernels.cuh"
-#include "tskd_fast/checks.h"
+#include "tskd_fast/kd_loss_checks.h"
+#include "tskd_fast/logits_checks.h"
 
 namespace tskd_fast::cuda {
 namespace {
@@ -59,16 +63,16 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cuda(const at::Tensor& student_in,
                                                 const at::Tensor& temperature_in, int64_t ka,
                                                 double lsr_p, bool scale_tau2, double ce_weight,
                                                 int64_t ignore_index, bool compute_grad,
-                                                double grad_scale) {
+                                                double grad_scale, int64_t reduction) {
   check_kd_loss_inputs(student_in, teacher_in, target_in, temperature_in, ka, lsr_p, ce_weight,
-                       grad_scale);
+                       grad_scale, reduction);
   const c10::cuda::CUDAGuard device_guard(student_in.device());
   const auto [student, teacher, target] = kernel_logits(student_in, teacher_in, target_in);
   const at::Tensor temperature = temperature_in.contiguous();
   const int64_t rows = student.size(0), classes = student.size(1);
   // One block per row at most (long rows), and in-row column arithmetic in 64 bits.
-  TORCH_CHECK(rows <= INT_MAX, "tskd_fast::kd_loss: at most ", INT_MAX,
-              " rows on CUDA, student_logits has ", rows);
+  TORCH_CHECK_VALUE(rows <= INT_MAX, "student_logits has ", rows, " rows, CUDA takes at most ",
+                    INT_MAX);
   at::Tensor row_loss = at::empty({rows}, temperature.options());
   at::Tensor row_grad = compute_grad ? at::empty({rows, classes}, student.options())
                                      : at::empty({0}, student.options());
@@ -77,6 +81,8 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_cuda(const at::Tensor& student_in,
     run_kd_loss<scalar_t>(student, teacher, target, temperature, row_loss, row_grad, compute_grad,
                           ka, lsr_p, scale_tau2, ce_weight, ignore_index, grad_scale);
   });
+  if (reduction == kKdReduceSum) return {at::sum(row_loss), row_grad};
+  if (reduction == kKdReduceMean) return {at::mean(row_loss), row_grad};
   return {row_loss, row_grad};
 }
 

@@ -2,7 +2,7 @@
 
 // The fused KD-loss kernels (csrc/cuda/kd_loss.cu launches them; csrc/tests/ runs them under a
 // host emulation of the CUDA execution model). Row math: tskd_fast/kd_loss_math.h, shared with
-// the CPU kernel (METHODS.md A1 and §6b).
+// the CPU kernel (docs/methods.md §1.1-§1.3).
 //   Short rows (C <= 1024): 4 to 32 lanes of a warp per row, several rows per block. The row is
 //   read once into registers and all three passes (maxima; sums; gradient) run on registers,
 //   so the logits cross DRAM once and the gradient once.

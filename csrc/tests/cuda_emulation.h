@@ -138,3 +138,10 @@ inline int64_t __shfl_xor_sync(unsigned, int64_t value, int offset) {
 }
 
 inline void __syncthreads() { cuda_emulation::barrier(); }
+
+// Fibers of one block run on one OS thread and switch only at barriers: an add is atomic.
+inline float atomicAdd(float* address, float value) {
+  const float old = *address;
+  *address = old + value;
+  return old;
+}

@@ -1,6 +1,6 @@
 // Host tests of the ConvLSTM gate math shared by the CPU and CUDA kernels
 // (tskd_fast/convlstm_math.h) and of the CUDA kernels' source
-// (csrc/cuda/convlstm_gates_kernels.cuh) run by the host emulation of the CUDA execution model:
+// (csrc/cuda/convlstm_kernels.cuh) run by the host emulation of the CUDA execution model:
 //   * the forward against the definitions in double, the backward against central finite
 //     differences of the forward, with and without peepholes;
 //   * the CUDA kernels, forward and backward (with and without peephole sums, dh or dc absent),
@@ -19,7 +19,7 @@
 // clang-format off
 // The emulation must come before the kernel sources: it defines __global__, __device__, ...
 #include "cuda_emulation.h"
-#include "cuda/convlstm_gates_kernels.cuh"
+#include "cuda/convlstm_kernels.cuh"
 // clang-format on
 #include "test_check.h"
 #include "tskd_fast/convlstm_math.h"
@@ -29,7 +29,7 @@ namespace {
 
 double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
-// The cell from its definition (METHODS.md §6a), in double.
+// The cell from its definition (docs/methods.md §3.4), in double.
 struct Cell {
   double h, c;
 };

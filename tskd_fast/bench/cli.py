@@ -24,7 +24,7 @@ from tskd_fast.bench.cases import FAMILIES  # noqa: E402
 from tskd_fast.bench.runner import Result, fused_backends, run_case  # noqa: E402
 from tskd_fast.bench.steps import StepResult, distilling_methods, run_method  # noqa: E402
 from tskd_fast.bench.timing import Plan  # noqa: E402
-from tskd_fast.engine.errors import UserError  # noqa: E402
+from tskd_fast.errors import UserError  # noqa: E402
 
 STEPS = "steps"
 STEP_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -73,7 +73,15 @@ def build_parser(prog: str = "tskd-fast bench") -> argparse.ArgumentParser:
         type=float,
         help="stop a case's rounds after this long, 5 rounds at least (default 10)",
     )
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, all cores)")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: torch's, all cores; 1 with --overhead)"
+    )
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="only the host cost of each op: forward + backward on tiny tensors, fused and eager, in µs "
+        "and as a multiple of the floor (x.sum().backward() on the same tensors), timed in one run",
+    )
     parser.add_argument(
         "--cold", action="store_true", help="flush the caches before every call (one call per sample)"
     )
@@ -270,9 +278,45 @@ def _step_rows(
     return rows, notes
 
 
+def _overhead_plan(args: argparse.Namespace) -> Plan:
+    return Plan(
+        warmup=args.warmup if args.warmup is not None else 20,
+        repeat=args.repeat if args.repeat is not None else (15 if args.quick else 40),
+        min_repeat=5,
+        max_seconds=args.max_seconds if args.max_seconds is not None else (3.0 if args.quick else 8.0),
+        min_sample_ms=5.0,
+    )
+
+
+def run_overhead_bench(args: argparse.Namespace, families: list[str], devices: list[torch.device]) -> int:
+    """`--overhead`: the host cost table of every chosen op family."""
+    from tskd_fast.bench import overhead
+
+    torch.set_num_threads(args.threads or 1)
+    machine = machine_info(devices)
+    _say(f"overhead on {machine['cpu']} ({machine['threads']} threads), torch {machine['torch']}")
+    rows = overhead.run_overhead(devices, [f for f in families if f != STEPS], _overhead_plan(args))
+    where = f"{machine['cpu']}, {machine['cores']} cores, {machine['threads']} thread(s), torch {machine['torch']}"
+    if "gpu" in machine:
+        where += f"; {machine['gpu']}, CUDA {machine['cuda']}"
+    print(f"Machine: {where}; {machine['date']}")
+    print(
+        "\nHost cost of one forward + backward on tiny tensors (median µs; floor = x.sum().backward() on "
+        "the same tensors: every input that takes a gradient, in one backward; "
+        f"target: fused ≤ {overhead.TARGET_VS_FLOOR}x floor and below eager)\n"
+    )
+    print(overhead.overhead_table(rows))
+    sys.stdout.flush()
+    if args.json:
+        report.write_overhead_json(args.json, machine, overhead.overhead_json(rows))
+    return 0
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """The whole bench; returns the exit code (1 when an implementation failed to run)."""
     families, dtype_names, devices, methods = _check_options(args)
+    if args.overhead:
+        return run_overhead_bench(args, families, devices)
     if args.threads:
         torch.set_num_threads(args.threads)
     began = time.perf_counter()

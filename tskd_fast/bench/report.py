@@ -146,6 +146,13 @@ def write_json(
         f.write("\n")
 
 
+def write_overhead_json(path: str, machine: dict, rows: Sequence[dict]) -> None:
+    """`tskd-fast bench --overhead --json PATH`: the machine and the host-cost rows."""
+    with open(path, "w") as f:
+        json.dump({"machine": machine, "overhead": list(rows)}, f, indent=2)
+        f.write("\n")
+
+
 class PlotUnavailable(RuntimeError):
     """--plot was given a format that needs matplotlib, which is not installed."""
 

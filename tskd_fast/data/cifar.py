@@ -9,8 +9,15 @@ from typing import Any
 from torchvision import datasets
 
 from tskd_fast.data.registry import DatasetEntry, DataSplits, register_dataset
-from tskd_fast.data.transforms import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, cifar_transforms
-from tskd_fast.engine.errors import UserError
+from tskd_fast.data.transforms import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    cifar_transforms,
+    normalisation,
+)
+from tskd_fast.errors import UserError
 
 _SPECS = {
     "cifar10": (datasets.CIFAR10, 10, CIFAR10_MEAN, CIFAR10_STD, "cifar-10-batches-py"),
@@ -39,7 +46,9 @@ def _builder(name: str) -> Callable[..., DataSplits]:
         cfg: Mapping[str, Any], options: Mapping[str, Any], main_first: Callable[[], Any]
     ) -> DataSplits:
         root = os.path.expanduser(cfg["root"])
-        train_tf, test_tf = cifar_transforms(32, mean, std, augment=cfg["augment"])
+        train_tf, test_tf = cifar_transforms(
+            32, *normalisation(cfg["normalize"], (mean, std)), augment=cfg["augment"]
+        )
         # Only the main process downloads; the others wait and then read the files.
         with main_first():
             train = _open(cls, root, True, cfg["download"], train_tf, name, folder)

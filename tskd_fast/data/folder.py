@@ -18,9 +18,10 @@ from tskd_fast.data.transforms import (
     IMAGENET_STD,
     cifar_transforms,
     imagenet_transforms,
+    normalisation,
 )
-from tskd_fast.engine.errors import UserError
-from tskd_fast.engine.schema import Field, positive
+from tskd_fast.errors import UserError
+from tskd_fast.schema import Field, positive
 
 
 def _split_dir(root: str, sub: str, what: str) -> str:
@@ -78,20 +79,23 @@ def _tiny_imagenet_val(root: str, class_to_idx: Mapping[str, int], transform: An
 
 def _build(name: str, cfg: Mapping[str, Any], options: Mapping[str, Any]) -> DataSplits:
     root, augment = cfg["root"], cfg["augment"]
-    if name == "imagenet":
-        train_tf, test_tf = imagenet_transforms(options["image_size"], augment=augment)
-    elif name == "tiny_imagenet":
-        train_tf, test_tf = cifar_transforms(64, IMAGENET_MEAN, IMAGENET_STD, augment=augment)
-    elif name == "cinic10":
-        train_tf, test_tf = cifar_transforms(32, CINIC10_MEAN, CINIC10_STD, augment=augment)
-    elif options["transform"] == "imagenet":
-        train_tf, test_tf = imagenet_transforms(
-            options["image_size"], options["mean"], options["std"], augment
-        )
+    if name == "cinic10":
+        default = (CINIC10_MEAN, CINIC10_STD)
+    elif name == "imagefolder":
+        default = (options["mean"], options["std"])
     else:
-        train_tf, test_tf = cifar_transforms(
-            options["image_size"], options["mean"], options["std"], augment, resize=True
-        )
+        default = (IMAGENET_MEAN, IMAGENET_STD)
+    mean, std = normalisation(cfg["normalize"], default)
+    if name == "imagenet":
+        train_tf, test_tf = imagenet_transforms(options["image_size"], mean, std, augment=augment)
+    elif name == "tiny_imagenet":
+        train_tf, test_tf = cifar_transforms(64, mean, std, augment=augment)
+    elif name == "cinic10":
+        train_tf, test_tf = cifar_transforms(32, mean, std, augment=augment)
+    elif options["transform"] == "imagenet":
+        train_tf, test_tf = imagenet_transforms(options["image_size"], mean, std, augment)
+    else:
+        train_tf, test_tf = cifar_transforms(options["image_size"], mean, std, augment, resize=True)
     train_dir = options.get("train_dir", "train")
     test_dir = options.get("test_dir", "val" if name != "cinic10" else "test")
     train = _image_folder(_split_dir(root, train_dir, name), train_tf, name)
@@ -152,8 +156,10 @@ register_dataset(
             **_DIRS,
             "transform": Field("cifar", str, "augmentation style", choices=("cifar", "imagenet")),
             "image_size": Field(32, int, "image side after resizing", check=positive),
-            "mean": Field(list(IMAGENET_MEAN), list, "per-channel mean", item=float),
-            "std": Field(list(IMAGENET_STD), list, "per-channel std", item=float),
+            "mean": Field(
+                list(IMAGENET_MEAN), list, "per-channel mean (unless dataset.normalize)", item=float
+            ),
+            "std": Field(list(IMAGENET_STD), list, "per-channel std (unless dataset.normalize)", item=float),
         },
         "any root/<train_dir>/<class>/* and root/<test_dir>/<class>/* tree",
     )

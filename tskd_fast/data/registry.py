@@ -8,7 +8,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from tskd_fast.engine.schema import Section
+from tskd_fast.schema import Section
 
 
 @dataclass

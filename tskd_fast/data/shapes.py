@@ -11,8 +11,9 @@ import torch
 from tskd_fast.data.embedded import SHAPES, TEXTURES, ShapesSpec, generate
 from tskd_fast.data.registry import DatasetEntry, DataSplits, register_dataset
 from tskd_fast.data.tensor_dataset import AugmentedTensorDataset
-from tskd_fast.engine.errors import ConfigError
-from tskd_fast.engine.schema import Field, non_negative, positive
+from tskd_fast.data.transforms import normalisation
+from tskd_fast.errors import ConfigError
+from tskd_fast.schema import Field, non_negative, positive
 
 
 @functools.lru_cache(maxsize=2)
@@ -36,9 +37,10 @@ def build_shapes(
     except ValueError as exc:
         raise ConfigError(f"dataset.shapes: {exc}") from None
     x_train, y_train, x_test, y_test = _arrays(spec)
-    # Per-channel statistics of the training images, so inputs are normalised as for CIFAR.
+    # Per-channel statistics of the training images (unless dataset.normalize says otherwise), so
+    # inputs are normalised as for CIFAR.
     flat = x_train.permute(1, 0, 2, 3).reshape(3, -1).float() / 255.0
-    mean, std = flat.mean(1).tolist(), flat.std(1).tolist()
+    mean, std = normalisation(cfg["normalize"], (flat.mean(1).tolist(), flat.std(1).tolist()))
     train = AugmentedTensorDataset(x_train, y_train, mean, std, augment=cfg["augment"])
     test = AugmentedTensorDataset(x_test, y_test, mean, std, augment=False)
     desc = (

@@ -14,15 +14,20 @@ weighted loss terms of the config. Methods with more machinery subclass it and u
 * ``bind_run(info)``: what the run looks like (device, autocast dtype, data normalisation, folder).
 * ``step_inputs(image, target)``: random draws that choose what a step computes, made before the
   traced part of a compiled step (tskd_fast.engine.compile) and passed to ``forward_train``.
+* Extra phases (TST's augmentation search): ``phase_passes(epoch, num_epochs)`` passes over the
+  training data run before that training epoch, each a sequence of ``phase_step(image, target,
+  epoch, index)`` calls between ``on_phase_pass_start`` and ``on_phase_pass_end``; the trainer
+  checkpoints after every pass, so ``--resume`` continues inside a phase.
 
 The loss weights times ``term_factors`` reach the step as a tensor (``loss_scales``), and a term
 reads ``outputs.epoch`` / ``outputs.progress`` from a StepClock: a compiled step then needs no
 recompilation when a schedule moves on. Decisions taken in ``on_epoch_start`` that change which
 code runs (TSKD's review epochs) compile one graph per outcome.
-* Extra phases (TST's augmentation search): ``phase_passes(epoch, num_epochs)`` passes over the
-  training data run before that training epoch, each a sequence of ``phase_step(image, target,
-  epoch, index)`` calls between ``on_phase_pass_start`` and ``on_phase_pass_end``; the trainer
-  checkpoints after every pass, so ``--resume`` continues inside a phase.
+
+This module is the bottom of the package: the loss-term contract (``LossTerm``, ``StepOutputs``,
+``StepClock``) lives here too, and it imports no other distillers module. Methods are built
+through ``registry`` (``build_method``), which merges and checks their options and checks the
+teacher before a constructor runs, so a constructor receives a complete options section.
 """
 
 from __future__ import annotations
@@ -34,7 +39,81 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tskd_fast.distillers.terms import LossTerm, StepClock, StepOutputs, build_term
+from tskd_fast.errors import ConfigError
+from tskd_fast.models import FeatureDict
+
+# How the frozen teacher's BatchNorm layers run in training steps (``Distiller.teacher_bn_mode``).
+TEACHER_BN_MODES = ("eval", "train")
+
+
+class DistillerSetupError(ConfigError, ValueError):
+    """Bad method options, or a student/teacher a method cannot use: a ValueError for Python
+    callers, a one-line error (exit code 2) on the command line."""
+
+
+class StepClock:
+    """Where a training step is in the run: ``epoch`` (0-based) and ``progress`` (the fraction of
+    training done, in [0, 1)). A compiled step (tskd_fast.engine.compile) hands the traced code
+    this object rather than the two numbers, so the trace reads (and recompiles on) them only
+    where a loss term actually uses them."""
+
+    def __init__(self, epoch: int = 0, progress: float = 0.0) -> None:
+        self.epoch = epoch
+        self.progress = progress
+
+
+class StepOutputs:
+    """What one training step produced, handed to every loss term.
+
+    student_logits: (B, K); teacher_logits: (B, K) or None (no term needs the teacher);
+    target: (B,) int64; student_features / teacher_features: the models' FeatureDict when a term
+    asked for them, else None; extras: outputs of the distiller's own modules (adapters, ...);
+    epoch: 0-based epoch; progress: fraction of training done, in [0, 1) (both read from
+    ``clock``, a StepClock made from ``epoch`` and ``progress`` when not given).
+    """
+
+    def __init__(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | None,
+        target: Tensor,
+        student_features: FeatureDict | None = None,
+        teacher_features: FeatureDict | None = None,
+        extras: dict[str, Any] | None = None,
+        epoch: int = 0,
+        progress: float = 0.0,
+        clock: StepClock | None = None,
+    ) -> None:
+        self.student_logits = student_logits
+        self.teacher_logits = teacher_logits
+        self.target = target
+        self.student_features = student_features
+        self.teacher_features = teacher_features
+        self.extras = extras
+        self.clock = clock if clock is not None else StepClock(epoch, progress)
+
+    @property
+    def epoch(self) -> int:
+        return self.clock.epoch
+
+    @property
+    def progress(self) -> float:
+        return self.clock.progress
+
+
+class LossTerm(nn.Module):
+    """Base class of a weighted loss: ``forward(outputs: StepOutputs) -> scalar loss`` (unweighted).
+
+    The class attributes say what the term reads, so a distiller runs only the forward passes its
+    active terms use.
+    """
+
+    needs_teacher: bool = False
+    needs_student_features: bool = False
+    needs_teacher_features: bool = False
+
+    def forward(self, outputs: StepOutputs) -> Tensor:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -95,28 +174,43 @@ class Distiller(nn.Module):
         self.options = dict(options or {})
         if any(term.needs_teacher for term in self.terms.values()) and teacher is None:
             raise ValueError(f"the loss terms {list(self.weights)} need a teacher, but none was given")
+        self.teacher_bn_mode = "eval"
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
 
-    @classmethod
-    def from_config(
-        cls, student: nn.Module, teacher: nn.Module | None, distiller_cfg: Mapping[str, Any], method_name: str
-    ) -> Distiller:
-        """Build from a resolved ``distiller`` config section: every term with a non-zero weight."""
-        built = {
-            name: (weight, build_term(name, distiller_cfg.get(name, {})))
-            for name, weight in distiller_cfg["terms"].items()
-            if weight != 0
-        }
-        return cls(student, teacher, built, distiller_cfg.get(method_name, {}))
+    def set_teacher_bn_mode(self, mode: str) -> None:
+        """How the teacher's BatchNorm layers run in training steps.
+
+        "eval" (default): with their running statistics, the teacher fully in eval mode.
+        "train": with the statistics of each batch, as the official CIFAR code of ReviewKD and TSKD
+        runs its teacher; unlike there, the running statistics (and ``num_batches_tracked``) never
+        change, so the teacher evaluates as it was loaded. Other layers (dropout) stay in eval mode.
+        """
+        if mode not in TEACHER_BN_MODES:
+            raise DistillerSetupError(
+                f"teacher.bn_mode must be one of {', '.join(TEACHER_BN_MODES)}, got {mode!r}"
+            )
+        self.teacher_bn_mode = mode
+        if self.teacher is not None:
+            for module in self.teacher.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    # Not tracking: a BatchNorm in train mode then normalises with the batch's
+                    # statistics and leaves its buffers alone; in eval mode it still uses them.
+                    module.track_running_stats = mode == "eval"
+        self.train(self.training)
 
     # -- the contract ----------------------------------------------------------------------------
     def train(self, mode: bool = True) -> Distiller:
-        """Train/eval mode for the student and extra modules; the teacher always stays in eval."""
+        """Train/eval mode for the student and extra modules; the teacher stays in eval mode (in
+        training with its BatchNorm layers in train mode when ``teacher_bn_mode`` is "train")."""
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()
+            if mode and self.teacher_bn_mode == "train":
+                for module in self.teacher.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.train()
         return self
 
     def needs_teacher(self) -> bool:

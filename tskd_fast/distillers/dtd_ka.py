@@ -6,6 +6,7 @@ paper's CIFAR values of T0, beta, gamma are unknown; the defaults (4, 1, 2) and 
 (CE 0.1, DTD+KA 0.9, as for ``kd``) are configurable under ``distiller.dtd_ka`` / ``distiller.terms``.
 """
 
+import tskd_fast.distillers.terms  # noqa: F401  (registers the ce and dtd_ka terms weighed here)
 from tskd_fast.distillers.base import Distiller
 from tskd_fast.distillers.registry import MethodEntry, register_method
 

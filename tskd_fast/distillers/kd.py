@@ -4,6 +4,7 @@ Default weights are mdistiller's CIFAR ones (CE 0.1, KD 0.9); RepDistiller uses 
 (``distiller.terms.ce=1 distiller.terms.kd=1``).
 """
 
+import tskd_fast.distillers.terms  # noqa: F401  (registers the ce and kd terms weighed here)
 from tskd_fast.distillers.base import Distiller
 from tskd_fast.distillers.registry import MethodEntry, register_method
 

@@ -5,7 +5,10 @@ feature go through the ABF review stack (tskd_fast.nn.ReviewKDFusion, trained wi
 in its own parameter group, wrapped in DDP like it and checkpointed); each output is compared with
 the teacher's pre-ReLU feature of the same level by the hierarchical context loss (term ``hcl``):
 
-    loss = CE + lambda * min(1, epoch / warmup_epochs) * HCL      (epoch 0-based, as the official code)
+    loss = CE + lambda * min(1, epoch / W) * HCL      (epoch 0-based, as the official code)
+
+with a warmup of W = ``warmup`` x epochs (default 20/240: the official 20 epochs of 240, so a short
+run warms up over the same share of its length) or W = ``warmup_epochs`` when that is set.
 
 lambda is ``distiller.terms.hcl`` (per pair in configs/*/reviewkd/); KD or DTD+KA terms combine
 by weight (``distiller.terms.kd=0.9``). The layout is derived from the two models' stage channels,
@@ -20,15 +23,19 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from tskd_fast.distillers.base import Distiller, unwrap
+import tskd_fast.distillers.terms  # noqa: F401  (registers the ce term weighed here)
+from tskd_fast.distillers.base import Distiller, LossTerm, StepOutputs, unwrap
 from tskd_fast.distillers.registry import MethodEntry, TermEntry, register_method, register_term
-from tskd_fast.distillers.terms import LossTerm, StepOutputs
-from tskd_fast.engine.schema import Field, defaults, non_negative, positive
 from tskd_fast.models import FeatureDict
 from tskd_fast.nn import HCLLoss, ReviewKDFusion
 from tskd_fast.ops import BACKENDS
+from tskd_fast.schema import Field, non_negative, positive
 
 STUDENT_KEY, TEACHER_KEY = "review_student", "review_teacher"
+
+
+def _fraction_of_run(value: float) -> str | None:
+    return None if 0.0 <= value <= 1.0 else f"must be a fraction of the run in [0, 1], got {value}"
 
 
 def _levels(value: list[int]) -> str | None:
@@ -65,10 +72,18 @@ class HCLTerm(LossTerm):
 
 
 OPTIONS = {
-    "warmup_epochs": Field(
-        20.0,
+    "warmup": Field(
+        20 / 240,
         float,
-        "HCL weight factor min(1, epoch / warmup_epochs), epoch 0-based; 0: none",
+        "HCL weight factor min(1, epoch / (warmup * epochs)), epoch 0-based; a fraction of the run "
+        "(the official 20 of 240 epochs); 0: none",
+        check=_fraction_of_run,
+    ),
+    "warmup_epochs": Field(
+        None,
+        float,
+        "the warmup in epochs instead (min(1, epoch / warmup_epochs); 0: none); null: use warmup",
+        nullable=True,
         check=non_negative,
     ),
     "student_preact": Field(
@@ -99,6 +114,13 @@ def warmup_factor(epoch: int, warmup_epochs: float) -> float:
     return 1.0 if warmup_epochs <= 0 else min(1.0, epoch / warmup_epochs)
 
 
+def warmup_length(options: Mapping[str, Any], num_epochs: int) -> float:
+    """The HCL warmup of a run of ``num_epochs`` in epochs: ``warmup_epochs`` when set, else the
+    fraction ``warmup`` of the run (20/240 of 240 epochs is the official 20)."""
+    absolute = options["warmup_epochs"]
+    return float(absolute) if absolute is not None else options["warmup"] * num_epochs
+
+
 class ReviewKDDistiller(Distiller):
     """Student + teacher + the ABF review stack (``self.fusion``) feeding the ``hcl`` term."""
 
@@ -109,9 +131,8 @@ class ReviewKDDistiller(Distiller):
         terms: Mapping[str, tuple[float, LossTerm]],
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(student, teacher, terms, {**defaults(OPTIONS), **dict(options or {})})
-        if teacher is None:
-            raise ValueError("reviewkd distils the teacher's features: teacher is required")
+        super().__init__(student, teacher, terms, options)
+        assert teacher is not None, "registry.build_method checks the teacher"
         opts = self.options
         self.fusion: nn.Module | None = None
         if "hcl" in self.terms:
@@ -136,7 +157,7 @@ class ReviewKDDistiller(Distiller):
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         if "hcl" in self.term_factors:
-            self.term_factors["hcl"] = warmup_factor(epoch, self.options["warmup_epochs"])
+            self.term_factors["hcl"] = warmup_factor(epoch, warmup_length(self.options, num_epochs))
 
     def run_extras(self, image: Tensor, outputs: StepOutputs) -> dict[str, Any]:
         if self.fusion is None:
@@ -173,4 +194,4 @@ register_method(
     )
 )
 
-__all__ = ["HCLTerm", "OPTIONS", "ReviewKDDistiller", "feature_levels", "warmup_factor"]
+__all__ = ["HCLTerm", "OPTIONS", "ReviewKDDistiller", "feature_levels", "warmup_factor", "warmup_length"]

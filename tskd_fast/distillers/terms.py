@@ -1,84 +1,23 @@
-"""Loss terms a distiller combines with weights: hard-label CE, KD, and DTD+KA.
+"""The built-in loss terms a distiller combines with weights: hard-label CE, KD, and DTD+KA.
 
-Every term is an ``nn.Module`` built from its options section (``distiller.<term>``) and called on
-a ``StepOutputs``; it states what it needs (teacher logits, student/teacher features), so the
-distiller runs only the forward passes the active terms use. The math lives in tskd_fast.nn /
-tskd_fast.functional; these classes only adapt it to the config.
+Every term is a ``LossTerm`` (``base``) built from its options section (``distiller.<term>``) and
+called on a ``StepOutputs``; it states what it needs (teacher logits, student/teacher features),
+so the distiller runs only the forward passes the active terms use. The math lives in
+tskd_fast.nn / tskd_fast.functional; these classes only adapt it to the config. Importing this
+module registers the terms.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from tskd_fast.distillers.base import LossTerm, StepOutputs
 from tskd_fast.distillers.registry import TermEntry, register_term
-from tskd_fast.engine.schema import Field, non_negative, positive, probability, unit_interval
-from tskd_fast.models import FeatureDict
 from tskd_fast.nn import DTDKDLoss, KDLoss
-
-
-class StepClock:
-    """Where a training step is in the run: ``epoch`` (0-based) and ``progress`` (the fraction of
-    training done, in [0, 1)). A compiled step (tskd_fast.engine.compile) hands the traced code
-    this object rather than the two numbers, so the trace reads (and recompiles on) them only
-    where a loss term actually uses them."""
-
-    def __init__(self, epoch: int = 0, progress: float = 0.0) -> None:
-        self.epoch = epoch
-        self.progress = progress
-
-
-class StepOutputs:
-    """What one training step produced, handed to every loss term.
-
-    student_logits: (B, K); teacher_logits: (B, K) or None (no term needs the teacher);
-    target: (B,) int64; student_features / teacher_features: the models' FeatureDict when a term
-    asked for them, else None; extras: outputs of the distiller's own modules (adapters, ...);
-    epoch: 0-based epoch; progress: fraction of training done, in [0, 1) (both read from
-    ``clock``, a StepClock made from ``epoch`` and ``progress`` when not given).
-    """
-
-    def __init__(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor | None,
-        target: Tensor,
-        student_features: FeatureDict | None = None,
-        teacher_features: FeatureDict | None = None,
-        extras: dict[str, Any] | None = None,
-        epoch: int = 0,
-        progress: float = 0.0,
-        clock: StepClock | None = None,
-    ) -> None:
-        self.student_logits = student_logits
-        self.teacher_logits = teacher_logits
-        self.target = target
-        self.student_features = student_features
-        self.teacher_features = teacher_features
-        self.extras = extras
-        self.clock = clock if clock is not None else StepClock(epoch, progress)
-
-    @property
-    def epoch(self) -> int:
-        return self.clock.epoch
-
-    @property
-    def progress(self) -> float:
-        return self.clock.progress
-
-
-class LossTerm(nn.Module):
-    """Base class: ``forward(outputs: StepOutputs) -> scalar loss`` (unweighted)."""
-
-    needs_teacher: bool = False
-    needs_student_features: bool = False
-    needs_teacher_features: bool = False
-
-    def forward(self, outputs: StepOutputs) -> Tensor:
-        raise NotImplementedError
+from tskd_fast.schema import Field, non_negative, positive, probability, unit_interval
 
 
 class CrossEntropyTerm(LossTerm):
@@ -193,11 +132,4 @@ register_term(
 )
 
 
-def build_term(name: str, options: dict[str, Any]) -> LossTerm:
-    """Instantiate the registered term ``name`` from its resolved options section."""
-    from tskd_fast.distillers.registry import terms
-
-    return terms()[name].cls(**options)
-
-
-__all__ = ["CrossEntropyTerm", "DTDKATerm", "KDTerm", "LossTerm", "StepClock", "StepOutputs", "build_term"]
+__all__ = ["CrossEntropyTerm", "DTDKATerm", "KDTerm"]

@@ -1,4 +1,4 @@
-"""``tskd``: Temporal Supervised KD, "Review helps learn better" (METHODS A3, Part B §2).
+"""``tskd``: Temporal Supervised KD, "Review helps learn better" (docs/methods.md §3).
 
 Every epoch: CE + KD (T = 4; weights 1 and 1 as in the reference's train.py). The run is cut into
 *points* every ``period`` of the run; each cycle of ``memory_points + 1`` points is
@@ -29,20 +29,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tskd_fast.distillers.base import Distiller, unwrap
+import tskd_fast.distillers.terms  # noqa: F401  (registers the ce and kd terms weighed here)
+from tskd_fast.distillers.base import Distiller, DistillerSetupError, LossTerm, StepOutputs, unwrap
 from tskd_fast.distillers.registry import MethodEntry, register_method
-from tskd_fast.distillers.terms import LossTerm, StepOutputs
-from tskd_fast.engine.errors import ConfigError
-from tskd_fast.engine.schema import Field, non_negative, resolve
 from tskd_fast.nn.tskd import ATTENTION_NORMS, TSKDReview
+from tskd_fast.schema import Field, non_negative
 
 REVIEW_LOSS = "tskd_review"
 FEATURE_KEYS = ("feats", "preact_feats")
-
-
-class TSKDSetupError(ConfigError, ValueError):
-    """Bad TSKD options or a student/teacher the method cannot use (a ValueError for Python
-    callers, a one-line error for the command line)."""
 
 
 def _fraction(value: Any) -> str | None:
@@ -65,6 +59,13 @@ OPTIONS = {
         float,
         "distance between consecutive memory/review points, as a fraction of the run (reference: 5/240)",
         check=_fraction,
+    ),
+    "period_epochs": Field(
+        None,
+        int,
+        "the distance in epochs instead (the reference: 5); null: use period",
+        nullable=True,
+        check=_at_least_one,
     ),
     "memory_points": Field(
         3, int, "memory points (student snapshots) before each review point", check=_at_least_one
@@ -111,15 +112,20 @@ OPTIONS = {
 class ReviewSchedule:
     """Memory/review points as a fraction of the run.
 
-    A point every ``period_epochs(num_epochs) = max(1, round(period * num_epochs))`` epochs,
+    A point every ``period_epochs(num_epochs) = max(1, round(period * num_epochs))`` epochs (or
+    every ``absolute`` epochs when given),
     starting at epoch 0; point k is memory point ``k mod (memory_points + 1)`` or, when that equals
     memory_points, a review point. Other epochs are general (CE + KD only).
     """
 
     period: float
     memory_points: int = 3
+    absolute: int | None = None
 
     def period_epochs(self, num_epochs: int) -> int:
+        """Epochs between points: ``absolute`` when set, else the fraction ``period`` of the run."""
+        if self.absolute is not None:
+            return self.absolute
         return max(1, round(self.period * num_epochs))
 
     def phase(self, epoch: int, num_epochs: int) -> tuple[str, int]:
@@ -145,21 +151,21 @@ def _feature_shapes(model: nn.Module, key: str, size: int, who: str) -> list[tup
         with torch.no_grad():
             out = model(torch.zeros(2, 3, size, size, device=device, dtype=dtype), with_features=True)
     except TypeError as exc:
-        raise TSKDSetupError(
+        raise DistillerSetupError(
             f"{who}: tskd needs a model called as model(x, with_features=True) -> (logits, FeatureDict) "
             f"(the tskd_fast model zoo's API); calling it failed: {exc}"
         ) from None
     finally:
         model.train(was_training)
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], Mapping) and key in out[1]):
-        raise TSKDSetupError(
+        raise DistillerSetupError(
             f"{who}: model(x, with_features=True) must return (logits, FeatureDict with {key!r})"
         )
     maps = out[1][key]
     shapes = []
     for i, f in enumerate(maps):
         if not isinstance(f, Tensor) or f.dim() != 4:
-            raise TSKDSetupError(
+            raise DistillerSetupError(
                 f"{who}: feature {key}[{i}] is not a (B, C, H, W) map: {getattr(f, 'shape', f)}"
             )
         shapes.append(tuple(f.shape[1:]))
@@ -176,15 +182,9 @@ class TSKDDistiller(Distiller):
         terms: Mapping[str, tuple[float, LossTerm]],
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        try:
-            opts = resolve(OPTIONS, dict(options or {}), "distiller.tskd")
-        except ConfigError as exc:
-            raise TSKDSetupError(str(exc)) from None
-        super().__init__(student, teacher, terms, opts)
-        if teacher is None:
-            raise TSKDSetupError(
-                "tskd distils from a teacher (its features set the review target); teacher is None"
-            )
+        super().__init__(student, teacher, terms, options)
+        assert teacher is not None, "registry.build_method checks the teacher"
+        opts = self.options
         nb = opts["branches"]
         s_shapes = _feature_shapes(student, opts["student_features"], opts["input_size"], "student")
         t_shapes = _feature_shapes(teacher, opts["teacher_features"], opts["input_size"], "teacher")
@@ -193,14 +193,14 @@ class TSKDDistiller(Distiller):
             ("teacher", t_shapes, opts["teacher_features"]),
         ):
             if len(shapes) < nb:
-                raise TSKDSetupError(
+                raise DistillerSetupError(
                     f"{who}: tskd reviews {nb} feature maps (distiller.tskd.branches) but the model gives only "
                     f"{len(shapes)} {key} maps"
                 )
         map_sizes = [s[1:] for s in s_shapes[:nb]]
         widths = opts["hidden_channels"]
         if widths is not None and len(widths) != nb:
-            raise TSKDSetupError(
+            raise DistillerSetupError(
                 f"distiller.tskd.hidden_channels must give one width per branch ({nb}), got {widths}"
             )
         self.review = TSKDReview(
@@ -210,7 +210,7 @@ class TSKDDistiller(Distiller):
             attention_norm=opts["attention_norm"],
             backend=opts["backend"],
         )
-        self.schedule = ReviewSchedule(opts["period"], opts["memory_points"])
+        self.schedule = ReviewSchedule(opts["period"], opts["memory_points"], opts["period_epochs"])
         self.review_weight = float(opts["review_weight"])
         # The snapshots: copies of the student architecture, weights copied in at memory points.
         self.snapshots = nn.ModuleList(copy.deepcopy(student) for _ in range(opts["memory_points"]))
@@ -282,7 +282,7 @@ class TSKDDistiller(Distiller):
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
         snaps = state.get("snapshots")
         if snaps is None or len(snaps) != len(self.snapshots):
-            raise TSKDSetupError(
+            raise DistillerSetupError(
                 f"the checkpoint holds {0 if snaps is None else len(snaps)} tskd snapshots, this run uses "
                 f"{len(self.snapshots)} (distiller.tskd.memory_points)"
             )

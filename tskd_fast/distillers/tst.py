@@ -9,11 +9,12 @@ trains on them.
   ½ KD(x̃) + ½ KD(x); with ``kd`` that is CE + KD, with ``distiller.terms.dtd_ka`` the fused DTD+KA
   loss. Augmented images keep their labels. The training accuracy counts the original half.
 * Search phases: before the training epochs round(f * epochs) for f in ``search_at`` (the
-  reference's epochs 30 and 90 of 240 on CIFAR: 0.125 and 0.375), max(1, round(search_length *
-  epochs)) passes over the training set (the reference's 30 of 240: 0.125) update only the module,
-  with student (in eval mode) and teacher frozen, minimising the teacher's CE on x̃ plus
-  -log(1 - p_S(y | x̃)) (``objective: confidence``, Part B §4.2 of METHODS.md) or minus the
-  student's CE (``ce_difference``, another version of the reference). The module has its own SGD
+  reference's epochs 30 and 90 of 240 on CIFAR: 0.125 and 0.375; or the epochs ``search_epochs``),
+  max(1, round(search_length * epochs)) passes over the training set (the reference's 30 of 240:
+  0.125; or ``search_passes``) update only the module, with student (in eval mode) and teacher
+  frozen, minimising the teacher's CE on x̃ plus -log(1 - p_S(y | x̃)) (``objective:
+  confidence``) or minus the student's CE (``ce_difference``); docs/methods.md §4.2 and §4.5 say
+  which the reference computes. The module has its own SGD
   (lr 0.01, momentum 0.9, gradient norm clipped at 10) and the reference's plateau rule: after a
   pass whose loss fell by less than 0.02 both absolutely and relatively, lr *= 0.9. Optimiser and
   plateau rule start afresh with each phase; the module's parameters carry over.
@@ -24,11 +25,13 @@ trains on them.
   (phase_log.csv), and a grid of original (top row) and augmented (bottom row) training images in
   the run folder after each phase (``tst_search_before_epoch_<n>.png``).
 
-Departures from the reference: differentiable ops instead of pretrained surrogate networks; the
-relaxed Bernoulli takes the learned logits (the reference feeds it a probability as a logit);
-signed ops get a random sign per batch (the reference's surrogates saw signed magnitudes only in
-their pretraining, and positive ones in use); default weights CE 0.1 + KD 0.9 like ``kd`` (the
-reference: 1 + 1, ``distiller.terms.ce=1 distiller.terms.kd=1``).
+Departures from the reference, each one key away from it: differentiable ops instead of pretrained
+surrogate networks (no key: the surrogates are not reproduced); the relaxed Bernoulli takes the
+learned logits (``apply_logit: sigmoid`` feeds it sigmoid(θ) as the reference does, so an op's apply
+rate stays between 0.5 and 0.73 and no op is ever switched off); signed ops get a random sign per
+batch (``signed_magnitudes: false``: always positive, as the reference's surrogates in use); default
+weights CE 0.1 + KD 0.9 like ``kd`` (the reference: 1 + 1, ``distiller.terms.ce=1
+distiller.terms.kd=1``, which the CIFAR-100 configs set).
 """
 
 from __future__ import annotations
@@ -41,13 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tskd_fast.distillers.base import Distiller, RunInfo, unwrap
+import tskd_fast.distillers.terms  # noqa: F401  (registers the ce and kd terms weighed here)
+from tskd_fast.distillers.base import Distiller, LossTerm, RunInfo, unwrap
 from tskd_fast.distillers.registry import MethodEntry, register_method
-from tskd_fast.distillers.terms import LossTerm
-from tskd_fast.engine.amp import autocast
-from tskd_fast.engine.errors import ConfigError
-from tskd_fast.engine.schema import Field, Section, defaults, non_negative, positive, unit_interval
-from tskd_fast.nn.augment import ALL_OPS, CIFAR100_MEAN, CIFAR100_STD, LearnedAugmentation
+from tskd_fast.errors import ConfigError
+from tskd_fast.nn.augment import ALL_OPS, APPLY_LOGITS, CIFAR100_MEAN, CIFAR100_STD, LearnedAugmentation
+from tskd_fast.schema import Field, Section, non_negative, positive, unit_interval
 
 OBJECTIVES = ("confidence", "ce_difference")
 
@@ -79,6 +81,11 @@ def _ops_check(value: Any) -> str | None:
     return None if value else "must list at least one op"
 
 
+def _epochs_check(value: Any) -> str | None:
+    bad = [e for e in value or [] if e < 0]
+    return f"epochs are 0-based and must be >= 0, got {bad}" if bad else None
+
+
 def _fractions_check(value: Any) -> str | None:
     bad = [f for f in value or [] if not 0.0 <= f < 1.0]
     return f"fractions of the run must be in [0, 1), got {bad}" if bad else None
@@ -103,6 +110,21 @@ OPTIONS: Section = {
     "search_length": Field(
         0.125, float, "passes per search phase as a fraction of solver.epochs (at least 1)", check=positive
     ),
+    "search_epochs": Field(
+        None,
+        list,
+        "the search phases before these (0-based) epochs instead (the reference: [30, 90]); null: use search_at",
+        nullable=True,
+        item=int,
+        check=_epochs_check,
+    ),
+    "search_passes": Field(
+        None,
+        int,
+        "passes per search phase instead (the reference: 30); null: use search_length",
+        nullable=True,
+        check=positive,
+    ),
     "search_lr": Field(0.01, float, "SGD lr of the module (reset each phase)", check=positive),
     "search_momentum": Field(0.9, float, "SGD momentum of the module", check=non_negative),
     "search_grad_clip": Field(10.0, float, "gradient-norm clip of the module (0: off)", check=non_negative),
@@ -114,6 +136,16 @@ OPTIONS: Section = {
     ),
     "plateau_decay": Field(
         0.9, float, "the module's lr is multiplied by this after a plateau", check=unit_interval
+    ),
+    "apply_logit": Field(
+        "learned",
+        str,
+        "relaxed-Bernoulli logit of an op: the learned value (exact) or sigmoid of it (the reference: the "
+        "apply rate stays in (0.5, 0.73))",
+        choices=APPLY_LOGITS,
+    ),
+    "signed_magnitudes": Field(
+        True, bool, "signed ops get a random sign per batch (false: always positive, the reference)"
     ),
     "objective": Field(
         "confidence", str, "module loss: teacher CE + -log(1 - p_student) or - student CE", choices=OBJECTIVES
@@ -140,9 +172,8 @@ class TSTDistiller(Distiller):
         terms: Mapping[str, tuple[float, LossTerm]],
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(student, teacher, terms, {**defaults(OPTIONS), **dict(options or {})})
-        if teacher is None:
-            raise ValueError("tst needs a teacher: its search phases fit the augmentation to the teacher")
+        super().__init__(student, teacher, terms, options)
+        assert teacher is not None, "registry.build_method checks the teacher"
         o = self.options
         try:
             self.augment = LearnedAugmentation(
@@ -152,6 +183,8 @@ class TSTDistiller(Distiller):
                 std=o["std"] or CIFAR100_STD,
                 temperature=o["temperature"],
                 cutout_size=o["cutout_size"],
+                apply_logit=o["apply_logit"],
+                signed=o["signed_magnitudes"],
             )
         except ValueError as exc:
             raise ConfigError(f"distiller.tst: {exc}") from None
@@ -227,11 +260,19 @@ class TSTDistiller(Distiller):
 
     # -- search phases ----------------------------------------------------------------------------
     def search_epochs(self, num_epochs: int) -> list[int]:
-        """The (0-based) epochs preceded by a search phase."""
+        """The (0-based) epochs preceded by a search phase: ``search_epochs`` when set, else the
+        fractions ``search_at`` of the run (epochs past the run are dropped / clipped to its last)."""
+        absolute = self.options["search_epochs"]
+        if absolute is not None:
+            return sorted({e for e in absolute if e < num_epochs})
         return sorted({min(num_epochs - 1, round(f * num_epochs)) for f in self.options["search_at"]})
 
     def search_passes(self, num_epochs: int) -> int:
-        """Passes per search phase."""
+        """Passes per search phase: ``search_passes`` when set, else the fraction ``search_length``
+        of the run's epochs (at least 1)."""
+        absolute = self.options["search_passes"]
+        if absolute is not None:
+            return int(absolute)
         return max(1, round(self.options["search_length"] * num_epochs))
 
     def phase_passes(self, epoch: int, num_epochs: int) -> int:
@@ -260,7 +301,7 @@ class TSTDistiller(Distiller):
         student.eval()
         student.requires_grad_(False)
         try:
-            with autocast(device, dtype):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 augmented = self.augment(image)
                 s_logits, t_logits = student(augmented), teacher(augmented)
             loss, teacher_ce, student_term = search_objective(

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from tskd_fast.engine.errors import UserError
+from tskd_fast.errors import UserError
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:

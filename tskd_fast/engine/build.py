@@ -7,8 +7,8 @@ from typing import Any
 
 from torch import nn
 
-from tskd_fast.distillers import Distiller, get_method
-from tskd_fast.engine.errors import UserError
+from tskd_fast.distillers import Distiller, build_from_config, registry
+from tskd_fast.errors import UserError
 from tskd_fast.models import build_model, load_checkpoint
 
 
@@ -41,17 +41,12 @@ def build_teacher(name: str, checkpoint: str, num_classes: int) -> nn.Module:
 
 def needs_teacher(cfg: Mapping[str, Any]) -> bool:
     """Whether the configured method / loss terms use a teacher."""
-    from tskd_fast.distillers.registry import terms
-
-    table = terms()
-    method = get_method(cfg["distiller"]["name"])
-    return method.needs_teacher or any(
-        w and (table[k].cls.needs_teacher or table[k].cls.needs_teacher_features)
-        for k, w in cfg["distiller"]["terms"].items()
-    )
+    return registry.needs_teacher(cfg["distiller"]["name"], cfg["distiller"]["terms"])
 
 
 def build_distiller(cfg: Mapping[str, Any], student: nn.Module, teacher: nn.Module | None) -> Distiller:
-    """The method's Distiller over ``student`` and the frozen ``teacher``."""
-    method = get_method(cfg["distiller"]["name"])
-    return method.cls.from_config(student, teacher, cfg["distiller"], method.name)
+    """The method's Distiller over ``student`` and the frozen ``teacher`` (its BatchNorm mode
+    ``teacher.bn_mode``)."""
+    distiller = build_from_config(student, teacher, cfg["distiller"])
+    distiller.set_teacher_bn_mode(cfg["teacher"]["bn_mode"])
+    return distiller

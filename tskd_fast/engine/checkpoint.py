@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tskd_fast.engine.errors import UserError
+from tskd_fast.errors import UserError
 
 FORMAT = "tskd_fast.train/1"
 CHECKPOINT = "checkpoint.pt"

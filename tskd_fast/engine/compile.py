@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tskd_fast.distillers.terms import StepClock
+from tskd_fast.distillers.base import StepClock
 
 COMPILE_MODES = ("false", "default", "reduce-overhead", "max-autotune")
 

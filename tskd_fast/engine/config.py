@@ -29,9 +29,11 @@ from typing import Any
 
 import yaml
 
+from tskd_fast.data.transforms import normalisation_problem
+from tskd_fast.distillers.base import TEACHER_BN_MODES
 from tskd_fast.engine.compile import COMPILE_MODES
-from tskd_fast.engine.errors import ConfigError
-from tskd_fast.engine.schema import (
+from tskd_fast.errors import ConfigError
+from tskd_fast.schema import (
     Field,
     Section,
     defaults,
@@ -114,6 +116,13 @@ def base_schema() -> Section:
                 None, int, "use a fixed random subset of the test set", nullable=True, check=positive
             ),
             "augment": Field(True, bool, "standard training augmentation (random crop + flip)"),
+            "normalize": Field(
+                None,
+                object,
+                "input normalisation: cifar100 | cifar10 | imagenet | [mean, std]; null: the dataset's own",
+                nullable=True,
+                check=normalisation_problem,
+            ),
         },
         "student": {"name": Field(None, str, "student model (tskd_fast.models)", required=True)},
         "teacher": {
@@ -121,6 +130,13 @@ def base_schema() -> Section:
             "checkpoint": Field(None, str, "trained teacher weights (.pth)", nullable=True),
             "train": Field(
                 False, bool, "no checkpoint: train the teacher first (cached in <output_dir>/teacher)"
+            ),
+            "bn_mode": Field(
+                "eval",
+                str,
+                "teacher BatchNorm while distilling: eval (running statistics) or train (batch statistics, as "
+                "the official ReviewKD / TSKD CIFAR code; the running statistics stay unchanged)",
+                choices=TEACHER_BN_MODES,
             ),
             "compile": Field(
                 "false",
@@ -166,29 +182,20 @@ def base_schema() -> Section:
 def full_schema(dataset_name: str, method_name: str) -> Section:
     """The schema for a config using this dataset and method (their option sections included)."""
     from tskd_fast.data import get_dataset
-    from tskd_fast.distillers import get_method
-    from tskd_fast.distillers.registry import terms
+    from tskd_fast.distillers import registry
 
     try:
         dataset = get_dataset(dataset_name)
     except ValueError as exc:
         raise ConfigError(f"dataset.name: {exc}") from None
     try:
-        method = get_method(method_name)
+        distiller = registry.config_section(method_name)
     except ValueError as exc:
         raise ConfigError(f"distiller.name: {exc}") from None
     schema = base_schema()
     if dataset.options:
         schema["dataset"][dataset_name] = dataset.options
-    all_terms = terms()
-    schema["distiller"]["terms"] = {
-        name: Field(float(method.terms.get(name, 0.0)), float, entry.doc) for name, entry in all_terms.items()
-    }
-    for name, entry in all_terms.items():
-        if entry.options:
-            schema["distiller"][name] = entry.options
-    if method.options:
-        schema["distiller"][method_name] = method.options
+    schema["distiller"].update(distiller)
     return schema
 
 
@@ -262,8 +269,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 def _check_names(cfg: dict[str, Any]) -> None:
     """Model names exist (canonicalised) and the teacher set-up is complete."""
-    from tskd_fast.distillers import get_method
-    from tskd_fast.distillers.registry import terms
+    from tskd_fast.distillers import registry
     from tskd_fast.models import resolve_name
 
     for role in ("student", "teacher"):
@@ -279,15 +285,12 @@ def _check_names(cfg: dict[str, Any]) -> None:
     negative = [k for k, w in weights.items() if w < 0]
     if negative:
         raise ConfigError(f"distiller.terms: weights must be >= 0, got negative {', '.join(negative)}")
-    table = terms()
-    method = get_method(cfg["distiller"]["name"])
-    needs = method.needs_teacher or any(
-        w and (table[k].cls.needs_teacher or table[k].cls.needs_teacher_features) for k, w in weights.items()
-    )
+    method = cfg["distiller"]["name"]
+    needs = registry.needs_teacher(method, weights)
     teacher = cfg["teacher"]
     if needs:
         if teacher["name"] is None:
-            raise ConfigError(f"teacher.name is required: method {method.name!r} distils from a teacher")
+            raise ConfigError(f"teacher.name is required: method {method!r} distils from a teacher")
         if teacher["checkpoint"] is None and not teacher["train"]:
             raise ConfigError(
                 "teacher.checkpoint is required (a trained teacher's .pth), or set teacher.train=true to "

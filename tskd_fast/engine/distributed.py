@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from tskd_fast.engine.errors import UserError
+from tskd_fast.errors import UserError
 
 
 @dataclass

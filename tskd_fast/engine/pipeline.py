@@ -22,11 +22,12 @@ from tskd_fast.engine import checkpoint as ckpt
 from tskd_fast.engine.build import build_distiller, build_student, build_teacher, needs_teacher
 from tskd_fast.engine.config import resolve_config
 from tskd_fast.engine.distributed import DistContext
-from tskd_fast.engine.errors import UserError
 from tskd_fast.engine.logs import say
 from tskd_fast.engine.rng import seed_everything
 from tskd_fast.engine.run_dir import check_writable, clear_run, plan_run
-from tskd_fast.engine.trainer import RunResult, Trainer, write_run_config
+from tskd_fast.engine.run_state import RunResult, TrainState, write_run_config
+from tskd_fast.engine.trainer import Trainer
+from tskd_fast.errors import UserError
 
 
 @dataclass
@@ -84,17 +85,8 @@ def plan_stages(cfg: Mapping[str, Any]) -> list[Stage]:
 
 
 def _result_from_state(stage: Stage, state: Mapping[str, Any]) -> RunResult:
-    return RunResult.from_history(
-        stage.label,
-        stage.run_dir,
-        stage.cfg,
-        state["history"],
-        state["epoch"],
-        state["epochs"],
-        state.get("best_top1"),
-        state.get("teacher_top1"),
-        state.get("wall_s", 0.0),
-        reused=True,
+    return RunResult.from_state(
+        stage.label, stage.run_dir, stage.cfg, TrainState.from_checkpoint(state), reused=True
     )
 
 

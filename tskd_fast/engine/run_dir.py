@@ -14,7 +14,7 @@ from typing import Any
 
 from tskd_fast.engine import checkpoint as ckpt
 from tskd_fast.engine.config import differences, identity
-from tskd_fast.engine.errors import UserError
+from tskd_fast.errors import UserError
 
 RUN_FILES = (ckpt.CHECKPOINT, ckpt.FINAL, ckpt.BEST, "config.yaml", "log.csv", "results.json")
 

@@ -1,4 +1,12 @@
-"""Loading teacher checkpoints saved by RepDistiller, mdistiller, or plain ``torch.save``."""
+"""Loading model weights saved by RepDistiller, mdistiller, the official ReviewKD and TSKD code,
+tskd-fast, or plain ``torch.save``.
+
+A file holds a state_dict (raw, or under "model" / "state_dict"), possibly with wrapper prefixes
+("module.", "_orig_mod."). A distiller saved whole keeps its student under "student." next to its
+own modules: ReviewKD's ``abfs``, TSKD's ``ConvLSTMs``, mdistiller's ``teacher`` and method modules;
+the student's weights are taken and those modules are left out. Any other key is an error that
+names it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import pickle
 import re
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,6 +41,28 @@ _SAFE_GLOBAL_NAMES = frozenset(
 _UNSUPPORTED_GLOBAL = re.compile(r"GLOBAL ([\w.]+) was not an allowed global|but got <class '([\w.]+)'>")
 _STRIP_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, and torch.compile wrappers
 _SHOW = 5
+# The modules a distiller saved whole keeps next to its "student.": name -> whose they are.
+DISTILLER_MODULES = {
+    "teacher": "mdistiller's teacher",
+    "abfs": "ReviewKD's ABF fusion",
+    "ConvLSTMs": "TSKD's ConvLSTM heads",
+    "conv_reg": "mdistiller FitNet's regressor",
+    "connectors": "mdistiller OFD's connectors",
+    "embed_s": "mdistiller CRD's embedding",
+    "embed_t": "mdistiller CRD's embedding",
+    "contrast": "mdistiller CRD's memory",
+    "vid_modules": "mdistiller VID's regressors",
+}
+
+
+@dataclass
+class ModelWeights:
+    """The model weights read from a file: the state_dict, how the file held it (``layout``,
+    for messages), and the architecture name the file records (tskd-fast files), if any."""
+
+    state_dict: dict[str, Tensor]
+    layout: str
+    arch: str | None = None
 
 
 def _is_safe_global(name: str) -> bool:
@@ -86,16 +117,26 @@ def _read_checkpoint(path: str) -> Any:
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor]:
-    """The weights inside a loaded checkpoint, with wrapper prefixes removed.
+    """The model weights inside a loaded checkpoint, with wrapper prefixes removed.
 
-    Accepts a raw state_dict, or a dict holding one under "model" (RepDistiller / mdistiller) or
-    "state_dict"; other entries (epoch, best_acc, optimizer, ...) are ignored. A leading "module."
-    (DataParallel / DDP) or "_orig_mod." (torch.compile) on every key is stripped.
+    Accepts a raw state_dict, or a dict holding one under "model" (RepDistiller / mdistiller /
+    tskd-fast) or "state_dict"; other entries (epoch, best_acc, optimizer, ...) are ignored. A
+    leading "module." (DataParallel / DDP) or "_orig_mod." (torch.compile) on every key is
+    stripped. From a whole distiller (keys under "student." beside ``DISTILLER_MODULES``) the
+    student's weights are returned; a key of neither kind is a ValueError naming it.
     """
+    return _extract(obj, source).state_dict
+
+
+def _extract(obj: Any, source: str) -> ModelWeights:
+    arch = obj.get("arch") if isinstance(obj, Mapping) and isinstance(obj.get("arch"), str) else None
+    layout = "a state_dict"
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict"):
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
+                # tskd-fast files record the architecture next to the weights.
+                layout = f"a tskd-fast {arch} file" if arch else f"a state_dict under {key!r}"
                 break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         if isinstance(obj, Mapping):
@@ -106,7 +147,13 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor
             f"no recognisable weights in {source}: found {desc}; expected a state_dict (name -> tensor) "
             "or a dict holding one under 'model' or 'state_dict'"
         )
-    sd = dict(obj)
+    sd = _strip_prefixes(dict(obj))
+    if any(k.startswith("student.") for k in sd):
+        sd, layout = _student_of_distiller(sd, source, layout)
+    return ModelWeights(sd, layout, arch)
+
+
+def _strip_prefixes(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     stripped = True
     while stripped:
         stripped = False
@@ -115,6 +162,39 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor
                 sd = {k[len(prefix) :]: v for k, v in sd.items()}
                 stripped = True
     return sd
+
+
+def _student_of_distiller(sd: dict[str, Tensor], source: str, layout: str) -> tuple[dict[str, Tensor], str]:
+    """The "student." weights of a distiller saved whole, and a description of the layout."""
+    student: dict[str, Tensor] = {}
+    others: dict[str, list[str]] = {}
+    for key, value in sd.items():
+        head, _, rest = key.partition(".")
+        if head == "student":
+            student[rest] = value
+        else:
+            others.setdefault(head, []).append(key)
+    unknown = [k for head, keys in others.items() if head not in DISTILLER_MODULES for k in keys]
+    if unknown:
+        known = ", ".join(f"{name}.*" for name in DISTILLER_MODULES)
+        raise ValueError(
+            f"cannot map {len(unknown)} keys of {source} to the student: {_few(unknown)} (a distiller's file "
+            f"holds student.* and its own modules {known})"
+        )
+    parts = ", ".join(f"{head}.* ({DISTILLER_MODULES[head]}) left out" for head in others)
+    return _strip_prefixes(student), f"the student.* of a distiller ({parts or 'nothing else'}) in {layout}"
+
+
+def read_weights(path: str | os.PathLike[str]) -> ModelWeights:
+    """The model weights of a checkpoint file (see ``extract_state_dict``), read safely.
+
+    Raises FileNotFoundError for a missing file and ValueError (naming the path) for an
+    unreadable, unsafe or unrecognisable one.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    return _extract(_read_checkpoint(path), path)
 
 
 def _classifier_key(model: nn.Module) -> str | None:
@@ -145,9 +225,15 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], *, strict: b
     classes, missing/unexpected keys (when ``strict``), or parameters of different shapes.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    sd = extract_state_dict(_read_checkpoint(path), source=path)
+    load_state_dict(model, read_weights(path).state_dict, path, strict=strict)
+
+
+def load_state_dict(
+    model: nn.Module, sd: Mapping[str, Tensor], source: str = "checkpoint", *, strict: bool = True
+) -> None:
+    """Load weights read by ``read_weights`` into ``model`` with the checks of ``load_checkpoint``
+    (class count, missing / unexpected keys, shapes), errors naming ``source``."""
+    path = source
     expected = model.state_dict()
 
     # A class-count mismatch is the most common mistake (e.g. a CIFAR-100 teacher for CIFAR-10),

@@ -3,8 +3,9 @@
 from tskd_fast.nn.abf import ABF
 from tskd_fast.nn.augment import ALL_OPS, LearnedAugmentation
 from tskd_fast.nn.convlstm import ConvLSTM, ConvLSTMCell, permute_gate_blocks
+from tskd_fast.nn.dtd import DTDKDLoss, DTDTemperature
 from tskd_fast.nn.hcl import HCLLoss
-from tskd_fast.nn.kd_loss import DTDKDLoss, DTDTemperature, KDLoss
+from tskd_fast.nn.kd_loss import KDLoss
 from tskd_fast.nn.review import PRESETS, ReviewKDFusion, ReviewKDPreset
 from tskd_fast.nn.tskd import (
     EncoderForecaster,

@@ -4,7 +4,7 @@ Same constructor ``(in_channel, mid_channel, out_channel, fuse)``, submodule and
 (``conv1.0``, ``conv1.1``, ``conv2.0``, ``conv2.1``, ``att_conv.0``), initialisation and
 ``forward(x, y=None, shape=None, out_shape=None) -> (out, residual)`` as the ABF of
 dvlab-research/ReviewKD and mdistiller, so their checkpoints load and code calling them runs
-unchanged (METHODS Part B §1.2). The fusion step (nearest upsampling of the residual, the 2-channel
+unchanged (docs/methods.md §2.1). The fusion step (nearest upsampling of the residual, the 2-channel
 attention, sigmoid, weighted sum) is the fused ``tskd_fast.functional.abf_fuse`` op, which never
 materialises the upsampled residual or the concatenation; the convolutions and BatchNorms stay
 PyTorch's.

@@ -11,7 +11,7 @@ from tskd_fast import functional as F
 
 
 class HCLLoss(nn.Module):
-    """Sum over stage pairs of ReviewKD's ``hcl`` (METHODS Part B §1.4): per pair
+    """Sum over stage pairs of ReviewKD's ``hcl`` (docs/methods.md §2.4): per pair
     (MSE + sum_l w_l MSE of l x l adaptive average pools) / (1 + sum_l w_l), with l in ``levels``
     (skipping l >= H) and weights 0.5, 0.25, ... The teacher gets no gradient.
 

@@ -1,5 +1,5 @@
 """The whole ReviewKD review stack (ABFs from the deepest student stage to the shallowest) and the
-channel/shape presets of the paper's pairs (METHODS Part B §1.3)."""
+channel/shape presets of the paper's pairs (docs/methods.md §2.3, §2.6)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ Size = int | tuple[int, int]
 
 class ReviewKDFusion(nn.Module):
     """The ABF stack of ReviewKD: one ABF per student level, run deepest first, each fusing its
-    level with the residual of the deeper ones (METHODS Part B §1.3).
+    level with the residual of the deeper ones (docs/methods.md §2.3).
 
     Args:
         in_channels: student channels per level, shallow -> deep (the last is the pooled feature).

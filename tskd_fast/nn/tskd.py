@@ -1,4 +1,4 @@
-"""TSKD's review machinery (METHODS A3, Part B §2): attention maps, increment sequences, the
+"""TSKD's review machinery (docs/methods.md §3): attention maps, increment sequences, the
 ConvLSTM encoder–forecaster that predicts the next increment, and the review loss.
 
 For each feature branch b the review compares a prediction with a target:
@@ -123,7 +123,7 @@ def default_hidden_channels(state_size: Sequence[int]) -> int:
 
 
 class EncoderForecaster(nn.Module):
-    """One branch's increment predictor: (T, B, 1, H, W) -> (B, 1, H, W) (METHODS Part B §2.2).
+    """One branch's increment predictor: (T, B, 1, H, W) -> (B, 1, H, W) (docs/methods.md §3.5).
 
     Encoder: conv 3x3 stride 2 (1 -> 8) + LeakyReLU(0.2) on every step, then a ConvLSTM (8 -> C_h)
     from a zero state over the T steps. Forecaster: a ConvLSTM (C_h -> C_h) from the encoder's

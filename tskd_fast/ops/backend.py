@@ -151,6 +151,23 @@ def default_backend() -> str:
     return value
 
 
+# resolve_backend's answers, by (backend, device, TSKD_FAST_BACKEND): the choice is made once.
+_RESOLVED: dict[tuple, str] = {}
+
+# os.environ's own mapping (bytes on POSIX), read without os.environ's per-call encoding: the
+# variable is read on every call so that setting it takes effect at once.
+_ENV_DATA = getattr(os.environ, "_data", None)
+_ENV_KEY = (
+    ENV_VAR.encode() if isinstance(_ENV_DATA, dict) and all(isinstance(k, bytes) for k in _ENV_DATA) else None
+)
+
+
+def _env_value():
+    if _ENV_KEY is not None:
+        return _ENV_DATA.get(_ENV_KEY)
+    return os.environ.get(ENV_VAR)
+
+
 def resolve_backend(backend: str | None, device: torch.device) -> str:
     """Resolve `backend` ("auto", "cpu", "cuda", "triton", "reference") for tensors on `device`.
 
@@ -158,8 +175,18 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     architecture that runs on the device (cuda_kernels_run_on), else Triton (with a one-time
     warning when CUDA kernels were built for other GPUs); the reference (with a one-time warning
     saying why) when neither exists. A forced backend that cannot run on `device` raises
-    ValueError.
+    ValueError. Decided once per (backend, device, TSKD_FAST_BACKEND) in eager calls.
     """
+    if torch.compiler.is_compiling():
+        return _resolve(backend, device)
+    key = (backend, device, _env_value())
+    chosen = _RESOLVED.get(key)
+    if chosen is None:
+        chosen = _RESOLVED[key] = _resolve(backend, device)
+    return chosen
+
+
+def _resolve(backend: str | None, device: torch.device) -> str:
     if backend is None or backend == "auto":
         backend = default_backend()
     if backend not in BACKENDS:

@@ -1,116 +1,129 @@
-"""Autograd and fake (meta) kernels of the fused HCL (ReviewKD hierarchical context loss) ops.
+"""The spec of the fused HCL op (ReviewKD's hierarchical context loss) over every stage pair.
 
-Every backend's op has one signature:
-    (student (N, C, H, W), teacher (N, C, H, W), levels: list[int], compute_grad: bool,
-     grad_scale: float = 1)
-    -> (loss 0-d float32 (float64 for float64 maps),
-        grad: grad_scale * d loss / d student, student's shape, dtype and kernel layout, or (0,))
-The forward writes the gradient in the same pass that computes the loss (the minimal traffic:
-read student and teacher once, write the gradient once), so backward is at most one scaling by
-the incoming gradient. The teacher gets no gradient.
+    hcl_loss(student_feats: list of (N_i, C_i, H_i, W_i), teacher_feats: the same shapes,
+             levels: list[int], compute_grad: list[bool] (one per pair), grad_scale: float = 1)
+    -> (loss: the sum over the pairs, 0-d float32 (float64 for float64 maps),
+        grads: per pair grad_scale * d loss / d student_feats[i] in its shape, dtype and kernel
+               layout, or (0,) where compute_grad[i] is False)
+The forward writes each pair's gradient in the same pass that computes its loss (the minimal
+traffic: read student and teacher once, write the gradient once), so backward is at most one
+scaling by the incoming gradient. The teachers get no gradient. All pairs in one op call: one
+autograd node and one trip through the dispatcher for the whole loss.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from tskd_fast.ops._eager import call_without_node
-from tskd_fast.ops.abf_fuse import empty_in_layout, kernel_channels_last, opmath_dtype
-from tskd_fast.ops.kd_loss import _incoming_is_grad_scale
+from tskd_fast.ops import checks
+from tskd_fast.ops.common import empty_in_layout, kernel_channels_last, opmath_dtype, scale_saved_gradient
+from tskd_fast.ops.library import declare
+from tskd_fast.ops.spec import Autograd, OpSpec
+
+MAX_LEVELS = 8  # csrc/include/tskd_fast/hcl_math.h kHclMaxLevels
 
 
 def hcl_loss_fake(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
+    student_feats: list[torch.Tensor],
+    teacher_feats: list[torch.Tensor],
     levels: list[int],
-    compute_grad: bool,
+    compute_grad: list[bool],
     grad_scale: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    loss = student.new_empty((), dtype=opmath_dtype(student.dtype))
-    grad = (
-        empty_in_layout(student, kernel_channels_last(student)) if compute_grad else student.new_empty((0,))
-    )
-    return loss, grad
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    first = student_feats[0]
+    loss = first.new_empty((), dtype=opmath_dtype(first.dtype))
+    grads = [
+        empty_in_layout(fs, kernel_channels_last(fs)) if want else fs.new_empty((0,))
+        for fs, want in zip(student_feats, compute_grad, strict=True)
+    ]
+    return loss, grads
+
+
+def check_hcl_loss(
+    student_feats: list[torch.Tensor],
+    teacher_feats: list[torch.Tensor],
+    levels: list[int],
+    compute_grad: list[bool],
+    grad_scale: float = 1.0,
+) -> None:
+    """The argument check (csrc/checks/hcl.cpp says the same)."""
+    if len(student_feats) == 0:
+        checks.fail("student_feats is empty: at least one stage pair is needed")
+    if len(teacher_feats) != len(student_feats):
+        checks.fail(
+            f"student_feats has {len(student_feats)} levels but teacher_feats has {len(teacher_feats)}: "
+            f"one teacher feature per student feature is needed"
+        )
+    if len(compute_grad) != len(student_feats):
+        checks.fail(
+            f"compute_grad must have one flag per stage pair ({len(student_feats)}), got {len(compute_grad)}"
+        )
+    for i, (fs, ft) in enumerate(zip(student_feats, teacher_feats, strict=True)):
+        s_name, t_name = f"student_feats[{i}]", f"teacher_feats[{i}]"
+        checks.check_feature_map(fs, s_name)
+        checks.check_feature_map(ft, t_name)
+        checks.check_dtype_and_device(
+            fs, s_name, student_feats[0], "student_feats[0]", student_feats[0].dtype
+        )
+        checks.check_dtype_and_device(ft, t_name, fs, s_name, fs.dtype)
+        if ft.shape[0] != fs.shape[0]:
+            checks.fail(f"{t_name} has batch size {ft.shape[0]} but {s_name} has {fs.shape[0]}")
+        if ft.shape[1] != fs.shape[1]:
+            checks.fail(f"{t_name} has {ft.shape[1]} channels but {s_name} has {fs.shape[1]}")
+        if ft.shape != fs.shape:
+            checks.fail(
+                f"{t_name} has spatial size {checks.shape_str(ft.shape[2:])} but {s_name} has "
+                f"{checks.shape_str(fs.shape[2:])}: HCL compares features of one size"
+            )
+    if len(levels) > MAX_LEVELS:
+        checks.fail(f"at most {MAX_LEVELS} levels, got {len(levels)}")
+    if any(lv < 1 for lv in levels):
+        checks.fail(f"levels must all be >= 1 (pooled sizes), got {checks.shape_str(levels)}")
+    if not math.isfinite(grad_scale):
+        checks.fail(f"grad_scale must be finite, got {checks.num(grad_scale)}")
 
 
 def hcl_setup_context(ctx, inputs, output) -> None:
-    _, grad = output
-    ctx.mark_non_differentiable(grad)
+    _, grads = output
+    ctx.mark_non_differentiable(*grads)
     ctx.set_materialize_grads(False)
-    ctx.num_inputs = len(inputs)
-    ctx.compute_grad = inputs[3]
+    ctx.pairs = len(grads)
+    # An empty list of levels is a node of the inputs' structure, which backward's answer mirrors.
+    ctx.levels_grad = [] if len(inputs[2]) == 0 else None
+    ctx.compute_grad = list(inputs[3])
     ctx.grad_scale = inputs[4] if len(inputs) > 4 else 1.0
-    ctx.save_for_backward(grad)
+    ctx.save_for_backward(*grads)
 
 
-def hcl_backward(ctx, grad_loss: torch.Tensor | None, grad_grad: torch.Tensor | None):
-    rest = (None,) * (ctx.num_inputs - 1)
-    if grad_loss is None:
-        return (None, *rest)
-    if not ctx.compute_grad:
-        raise RuntimeError(
-            "tskd_fast::hcl_loss was called with compute_grad=False, so it kept no gradient; "
-            "call it with compute_grad=True to backpropagate"
-        )
-    (grad,) = ctx.saved_tensors
-    return (_scaled(grad, grad_loss, ctx.grad_scale), *rest)
+def hcl_backward(ctx, grad_loss: torch.Tensor | None, grad_grads):
+    pairs = ctx.pairs
+    grads: list[torch.Tensor | None] = [None] * pairs
+    if grad_loss is not None:
+        needs = ctx.needs_input_grad[0]
+        for i, saved in enumerate(ctx.saved_tensors):
+            if not needs[i]:
+                continue
+            if not ctx.compute_grad[i]:
+                raise RuntimeError(
+                    f"tskd_fast::hcl_loss was called with compute_grad[{i}]=False, so it kept no gradient "
+                    f"of student_feats[{i}]; call it with compute_grad=True to backpropagate"
+                )
+            grads[i] = scale_saved_gradient(saved, grad_loss, 1.0, ctx.grad_scale)
+    return grads, [None] * pairs, ctx.levels_grad, None, None
 
 
-def _scaled(grad: torch.Tensor, grad_loss: torch.Tensor, grad_scale: float) -> torch.Tensor:
-    """The saved gradient (grad_scale * d loss / d student) times grad_loss / grad_scale."""
-    if _incoming_is_grad_scale(grad_loss, grad_scale):
-        return grad
-    factor = (grad_loss / grad_scale).to(grad.dtype if grad.dtype == torch.float64 else torch.float32)
-    return torch.mul(grad, factor, out=torch.empty_like(grad))
-
-
-class _EagerHclPairs(torch.autograd.Function):
-    """The summed loss of every stage pair as one autograd node: apply(op, levels, fs_0, ft_0,
-    fs_1, ft_1, ...) calls op once per pair below autograd (gradients for the students that need
-    one) and returns the sum of the losses; backward hands each saved gradient on, scaled by the
-    incoming gradient when it is not 1. One node instead of one per pair plus the additions
-    saves about 130 us per call over four pairs, the HCL of a CIFAR batch taking about 5 ms."""
-
-    @staticmethod
-    def forward(ctx, op, levels, *features):
-        total, saved, wants = None, [], []
-        with torch._C._AutoDispatchBelowAutograd():  # straight to the device kernel
-            for i in range(0, len(features), 2):
-                want = ctx.needs_input_grad[2 + i]
-                loss, grad = op(features[i], features[i + 1], levels, want, 1.0)
-                total = loss if total is None else total + loss
-                if want:
-                    saved.append(grad)
-                wants.append(want)
-        ctx.wants = wants
-        ctx.save_for_backward(*saved)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_total):
-        saved = iter(ctx.saved_tensors)
-        grads: list[torch.Tensor | None] = [None, None]
-        for want in ctx.wants:
-            grads += [_scaled(next(saved), grad_total, 1.0) if want else None, None]
-        return tuple(grads)
-
-
-def hcl_loss_of_pairs(op, students: list[torch.Tensor], teachers: list[torch.Tensor], levels: list[int]):
-    """The sum over the stage pairs of op's loss (0-d, the kernels' compute dtype), with autograd
-    to the students: one node for all pairs when eager, the op per pair (its registered autograd)
-    when traced, the kernels alone when no gradient is wanted."""
-    grad_enabled = torch.is_grad_enabled()
-    if not torch.compiler.is_compiling() and grad_enabled and any(fs.requires_grad for fs in students):
-        features = [t for pair in zip(students, teachers, strict=True) for t in pair]
-        return _EagerHclPairs.apply(op, levels, *features)
-    total = None
-    for fs, ft in zip(students, teachers, strict=True):
-        loss, _ = call_without_node(op, fs, ft, levels, fs.requires_grad and grad_enabled, 1.0)
-        total = loss if total is None else total + loss
-    return total
-
-
-def register_hcl_loss_op(op) -> None:
-    """Attach the shared fake kernel and autograd formula to one backend's hcl_loss op."""
-    torch.library.register_fake(op, hcl_loss_fake)
-    torch.library.register_autograd(op, hcl_backward, setup_context=hcl_setup_context)
+HCL_LOSS = declare(
+    OpSpec(
+        name="hcl_loss",
+        family="hcl",
+        schema=(
+            "(Tensor[] student_feats, Tensor[] teacher_feats, int[] levels, bool[] compute_grad, "
+            "float grad_scale=1.) -> (Tensor loss, Tensor[] grads)"
+        ),
+        fake=hcl_loss_fake,
+        check=check_hcl_loss,
+        autograd=Autograd(hcl_setup_context, hcl_backward),
+    )
+)

@@ -1,5 +1,5 @@
 """ReviewKD's attention-based fusion (ABF) of a feature with the upsampled residual, in plain
-PyTorch (METHODS A4, Part B §1.2, §6c)."""
+PyTorch (docs/methods.md §2.2)."""
 
 from __future__ import annotations
 

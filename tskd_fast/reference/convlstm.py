@@ -1,4 +1,4 @@
-"""The ConvLSTM gate math after the convolution, in plain PyTorch (METHODS A2, Part B §6a)."""
+"""The ConvLSTM gate math after the convolution, in plain PyTorch (docs/methods.md §3.4)."""
 
 from __future__ import annotations
 

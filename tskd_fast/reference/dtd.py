@@ -1,4 +1,4 @@
-"""Dynamic temperature distillation (DTD) temperatures in plain PyTorch (METHODS A1, §3.2)."""
+"""Dynamic temperature distillation (DTD) temperatures in plain PyTorch (docs/methods.md §1.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ReviewKD's hierarchical context loss (HCL) in plain PyTorch (METHODS A4, Part B §1.4, §6c)."""
+"""ReviewKD's hierarchical context loss (HCL) in plain PyTorch (docs/methods.md §2.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The KD loss with dynamic temperatures and knowledge adjustment, in plain PyTorch (METHODS A1)."""
+"""The KD loss with dynamic temperatures and knowledge adjustment, in plain PyTorch (docs/methods.md §1)."""
 
 from __future__ import annotations
 

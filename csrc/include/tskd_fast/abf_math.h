@@ -6,7 +6,7 @@
 #include "tskd_fast/macros.h"
 #include "tskd_fast/scalar_math.h"
 
-// Per-pixel math of ReviewKD's attention fusion (METHODS.md A4, §1.2, §6c), shared by the CPU
+// Per-pixel math of ReviewKD's attention fusion (docs/methods.md §2.2), shared by the CPU
 // and CUDA kernels:
 //   a_k = b_k + sum_c W[k, c] x_c + sum_c W[k, M + c] y_up_c,  z_k = sigmoid(a_k),
 //   fused_c = x_c z_0 + y_up_c z_1.

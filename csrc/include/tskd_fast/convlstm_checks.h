@@ -7,9 +7,9 @@
 
 #include "tskd_fast/convlstm_layout.h"
 
-// Input checks and kernel layout of the ConvLSTM gate ops, shared by the CPU and CUDA
-// implementations so that both reject the same inputs with the same messages and read the same
-// layout.
+// Input checks and kernel layout of the ConvLSTM gate ops (tskd_fast::convlstm_gates and
+// convlstm_gates_backward), shared by the CPU and CUDA implementations (the Python twin:
+// tskd_fast/ops/convlstm.py). The layout is the rule of tskd_fast/layout.h, read from gates.
 namespace tskd_fast {
 
 // The checked inputs in the layout the kernels read (copies only where the strides differ).
@@ -26,26 +26,19 @@ struct ConvLstmInputs {
 void check_convlstm_gates_inputs(const at::Tensor& gates, const at::Tensor& c_prev,
                                  const std::optional<at::Tensor>& w_ci,
                                  const std::optional<at::Tensor>& w_cf,
-                                 const std::optional<at::Tensor>& w_co, const char* op);
+                                 const std::optional<at::Tensor>& w_co);
 
 // grad_h and grad_c, when present: the shape, dtype and device of c_prev.
 void check_convlstm_state_grads(const std::optional<at::Tensor>& grad_h,
-                                const std::optional<at::Tensor>& grad_c, const at::Tensor& c_prev,
-                                const char* op);
-
-// The layout the kernels use for these gates: channels_last when gates are dense in it and not
-// in NCHW (the layout torch.empty_like would give them), else NCHW.
-bool convlstm_channels_last(const at::Tensor& gates);
+                                const std::optional<at::Tensor>& grad_c, const at::Tensor& c_prev);
 
 ConvLstmInputs convlstm_kernel_inputs(const at::Tensor& gates, const at::Tensor& c_prev,
                                       const std::optional<at::Tensor>& w_ci,
                                       const std::optional<at::Tensor>& w_cf,
                                       const std::optional<at::Tensor>& w_co);
 
-// A state-shaped tensor (B, C_h, H, W) in the kernels' layout: a new empty one, or `t` itself
-// when it is already dense in that layout (else a copy).
+// New state-shaped (B, C_h, H, W) and gates-shaped tensors in the kernels' layout.
 at::Tensor convlstm_empty_state(const ConvLstmInputs& in, const at::TensorOptions& options);
-at::Tensor convlstm_state_in_layout(const at::Tensor& t, bool channels_last);
 at::Tensor convlstm_empty_gates_like(const ConvLstmInputs& in);
 
 // A peephole gradient from the kernels' (rows, cols) sums in the opmath type: contiguous, of

@@ -5,7 +5,7 @@
 #include "tskd_fast/macros.h"
 #include "tskd_fast/scalar_math.h"
 
-// Per-element math of the fused ConvLSTM gate op (METHODS.md A2, Part B §6a). With a_i, a_f, a_g,
+// Per-element math of the fused ConvLSTM gate op (docs/methods.md §3.4). With a_i, a_f, a_g,
 // a_o the pre-activations of one pixel and channel and c_prev its cell state:
 //   i = sigmoid(a_i + w_ci c_prev), f = sigmoid(a_f + w_cf c_prev), g = tanh(a_g),
 //   c = f c_prev + i g,  o = sigmoid(a_o + w_co c),  h = o tanh(c).

@@ -5,7 +5,7 @@
 #include "tskd_fast/macros.h"
 #include "tskd_fast/scalar_math.h"
 
-// Per-row weights of dynamic temperature distillation (METHODS.md A1, §3.2); the batch mean and
+// Per-row weights of dynamic temperature distillation (docs/methods.md §1.4); the batch mean and
 // tau_n = t0 + beta (mean(w) - w_n) are taken by the caller.
 namespace tskd_fast {
 

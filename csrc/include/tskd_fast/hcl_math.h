@@ -4,7 +4,7 @@
 
 #include "tskd_fast/macros.h"
 
-// Level structure of ReviewKD's hierarchical context loss (METHODS.md A4, §1.4, §6c), shared by
+// Level structure of ReviewKD's hierarchical context loss (docs/methods.md §2.4), shared by
 // the CPU and CUDA kernels. For one stage pair with d = fs - ft (N, C, H, W):
 //   L = (1 / tot) [ mean(d^2) + sum_{l in S} w_l mean(P_l(d)^2) ],
 // S the levels l < H in order, w_l = 0.5, 0.25, ... over S, tot = 1 + sum w_l, P_l adaptive

@@ -6,7 +6,7 @@
 #include "tskd_fast/macros.h"
 #include "tskd_fast/scalar_math.h"
 
-// Row math of the fused KD loss (METHODS.md A1, §6b). Per row n, with student logits z, teacher
+// Row math of the fused KD loss (docs/methods.md §1). Per row n, with student logits z, teacher
 // logits v, temperature tau and label y:
 //   b_k = (z_k - max z) / tau,  a_k = (v_k - max v) / tau
 //   p = softmax(b), q = softmax(a) (after knowledge adjustment), e1_k = exp(z_k - max z)

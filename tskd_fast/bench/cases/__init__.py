@@ -81,6 +81,8 @@ class Family:
     one forward + backward in the minimal-bytes model described by ``bytes_doc``.
     extra_baselines: device -> {name: fn} further comparisons (e.g. the DistillKL module, Liger).
     targets: the speed targets of the op's issue (checked by the CLI on the CPU rows).
+    overhead: the tiny shape of ``tskd-fast bench --overhead``, where the arithmetic is nothing and
+    the time is the host's cost of a call (tskd_fast.bench.overhead).
     """
 
     name: str
@@ -97,6 +99,7 @@ class Family:
         default=lambda device, dtype: {}
     )
     targets: tuple[Target, ...] = ()
+    overhead: Shape | None = None
 
     def available(self) -> bool:
         """Whether this build has the op (and its reference)."""
@@ -145,7 +148,7 @@ def forward_backward(fn: OpFn, inputs: Inputs, reset_grad: bool = True) -> Calla
     return run
 
 
-_MODULES = ("kd_loss", "dtd_ka", "convlstm_gates", "abf_fuse", "hcl")
+_MODULES = ("kd_loss", "dtd", "convlstm", "abf", "hcl")
 
 
 def _load() -> dict[str, Family]:

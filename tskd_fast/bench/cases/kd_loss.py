@@ -86,4 +86,5 @@ FAMILY = Family(
     bytes_doc="read student and teacher logits, write the student gradient: 3·B·C elements",
     extra_baselines=extra_baselines,
     targets=(Target(8.0, 3.0, 0.5, shape="4096x1000", source="issue 1"),),
+    overhead=Shape("8x10", (8, 10)),
 )

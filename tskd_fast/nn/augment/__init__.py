@@ -7,10 +7,17 @@
 * ``ops``: the op table (families, ranges, signs); ``module``: LearnedAugmentation.
 """
 
-from tskd_fast.nn.augment.module import CIFAR100_MEAN, CIFAR100_STD, AugmentationDraw, LearnedAugmentation
+from tskd_fast.nn.augment.module import (
+    APPLY_LOGITS,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    AugmentationDraw,
+    LearnedAugmentation,
+)
 from tskd_fast.nn.augment.ops import ALL_OPS, OPS, OpSpec
 
 __all__ = [
+    "APPLY_LOGITS",
     "ALL_OPS",
     "CIFAR100_MEAN",
     "CIFAR100_STD",

@@ -14,8 +14,11 @@ from tskd_fast.nn.augment.fixed import cutout, cutout_at, equalize, invert
 from tskd_fast.nn.augment.ops import ALL_OPS, OPS
 
 # CIFAR-100's per-channel statistics (those of tskd_fast.data.transforms).
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
+CIFAR100_STD = (0.2675, 0.2565, 0.2761)
+# What the relaxed Bernoulli of an op takes as its logit: the learned value itself, or its sigmoid
+# (the TST reference, which passes a probability where a logit belongs).
+APPLY_LOGITS = ("learned", "sigmoid")
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,10 @@ class LearnedAugmentation(nn.Module):
             reference's 32 on CIFAR and 224 on ImageNet).
         init_probability, init_magnitude: initial apply probability and magnitude, in (0, 1).
         seed: seed of the module's generator.
+        apply_logit: "learned" (the relaxed Bernoulli's logit is the learned probability logit) or
+            "sigmoid" (its sigmoid, as the reference: an op's apply rate then stays in (0.5, 0.73)).
+        signed: signed ops get a random sign per call (False: always positive, as the reference's
+            surrogate ops in use).
 
     forward(x (B, C, H, W) float, normalised) -> (B, C, H, W), x's dtype.
     """
@@ -87,6 +94,8 @@ class LearnedAugmentation(nn.Module):
         init_probability: float = 0.5,
         init_magnitude: float = 0.5,
         seed: int | None = None,
+        apply_logit: str = "learned",
+        signed: bool = True,
     ) -> None:
         super().__init__()
         self.ops = self._check_ops(ops)
@@ -101,7 +110,10 @@ class LearnedAugmentation(nn.Module):
         for name, value in (("init_probability", init_probability), ("init_magnitude", init_magnitude)):
             if not 0.0 < value < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {value}")
+        if apply_logit not in APPLY_LOGITS:
+            raise ValueError(f"apply_logit must be one of {APPLY_LOGITS}, got {apply_logit!r}")
         self.num_ops, self.temperature, self.cutout_size = num_ops, float(temperature), cutout_size
+        self.apply_logit, self.signed = apply_logit, bool(signed)
         self.learned = tuple(op for op in self.ops if OPS[op].family != "fixed")
         self._magnitude_index = {op: i for i, op in enumerate(self.learned)}
         self.probability_logits = nn.Parameter(torch.full((len(self.ops),), _logit(init_probability)))
@@ -150,10 +162,16 @@ class LearnedAugmentation(nn.Module):
         self.std = std_t.to(device)
 
     # -- what it learned --------------------------------------------------------------------------
+    def relaxed_logits(self) -> Tensor:
+        """The logit of each op's relaxed Bernoulli, (len(ops),)."""
+        logits = self.probability_logits
+        return torch.sigmoid(logits) if self.apply_logit == "sigmoid" else logits
+
     @property
     def probabilities(self) -> Tensor:
-        """Apply probability of each op, (len(ops),), in ``ops`` order."""
-        return torch.sigmoid(self.probability_logits)
+        """Apply probability of each op, (len(ops),), in ``ops`` order: the chance that its relaxed
+        Bernoulli sample is above 1/2, sigmoid(logit)."""
+        return torch.sigmoid(self.relaxed_logits())
 
     @property
     def magnitudes(self) -> Tensor:
@@ -248,7 +266,7 @@ class LearnedAugmentation(nn.Module):
             std = self.std.to(xf.dtype).view(1, c, 1, 1)
             pixels = xf * std + mean
             noise = (torch.log(uniform) - torch.log1p(-uniform)).to(xf.device, non_blocking=True)
-            p = torch.sigmoid((self.probability_logits.to(xf.dtype) + noise) / self.temperature)
+            p = torch.sigmoid((self.relaxed_logits().to(xf.dtype) + noise) / self.temperature)
             if weights is not None:
                 p = p * weights.to(p.dtype)
             magnitudes = self.magnitudes.to(xf.dtype)
@@ -269,7 +287,7 @@ class LearnedAugmentation(nn.Module):
                     y = invert(pixels)
                 else:
                     m = magnitudes[self._magnitude_index[name]]
-                    if spec.signed:
+                    if spec.signed and self.signed:
                         m = m * signs[k]
                     assert spec.apply is not None
                     y = spec.apply(pixels, m, h, w)
@@ -278,7 +296,10 @@ class LearnedAugmentation(nn.Module):
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"ops={list(self.ops)}, num_ops={self.num_ops}, temperature={self.temperature}"
+        return (
+            f"ops={list(self.ops)}, num_ops={self.num_ops}, temperature={self.temperature}, "
+            f"apply_logit={self.apply_logit!r}, signed={self.signed}"
+        )
 
 
-__all__ = ["CIFAR100_MEAN", "CIFAR100_STD", "AugmentationDraw", "LearnedAugmentation"]
+__all__ = ["APPLY_LOGITS", "CIFAR100_MEAN", "CIFAR100_STD", "AugmentationDraw", "LearnedAugmentation"]

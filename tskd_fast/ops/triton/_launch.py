@@ -1,8 +1,10 @@
-"""Launch-time helpers shared by the Triton ops."""
+"""Launch-time helpers shared by the Triton ops: the interpreter, and the error flag through which
+the kernels report a bad value."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -26,13 +28,35 @@ def quiet_interpreter(interpreted: bool) -> contextlib.AbstractContextManager:
     return np.errstate(all="ignore") if interpreted else contextlib.nullcontext()
 
 
-def on_device_of(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Make `tensor`'s CUDA device the current one while allocating outputs and launching.
+def check_device_runs_triton(t: torch.Tensor, interpreted: bool) -> None:
+    """CPU tensors run only in the Triton interpreter; say so instead of failing in the launcher."""
+    if t.device.type == "cpu" and not interpreted:
+        raise ValueError(
+            "CPU tensors run only in the Triton interpreter (TRITON_INTERPRET=1 set before triton is "
+            "imported); use CUDA tensors, or the 'cpu' backend"
+        )
 
-    Triton launches on the current device and stream, and torch.library.custom_op adds no device
-    guard: without this, inputs on cuda:1 while cuda:0 is current would run on the wrong device.
-    A no-op for CPU tensors (the interpreter).
+
+def value_flag(device: torch.device) -> torch.Tensor:
+    """The kernels' error flag: (1,) int32 holding 1, which a kernel clears to 0 when a value check
+    (a label out of range, a temperature not finite and > 0) fails on any row."""
+    return torch.ones((1,), dtype=torch.int32, device=device)
+
+
+def raise_if_flagged(flag: torch.Tensor, op: str, what: str, name_bad_value: Callable[[], None]) -> None:
+    """Act on the error flag a kernel wrote (value_flag), as the C++ ops act on bad values.
+
+    On the CPU (the interpreter) the flag is read for free: when a kernel cleared it,
+    name_bad_value() (the op spec's value check) finds the bad value and raises the ValueError that
+    names it, the C++ CPU op's words. On CUDA, reading the flag would synchronise the stream on
+    every call, so one asynchronous device assert checks it instead, as the CUDA C++ kernels assert
+    in the kernel: the next synchronising call fails and the CUDA context is lost, as after any
+    device assert. `what` says which values the kernel checked.
     """
-    if tensor.device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.cuda.device(tensor.device)
+    if flag.device.type != "cpu":
+        torch._assert_async(flag, f"{op}: {what}")
+        return
+    if bool(flag[0]):
+        return
+    name_bad_value()
+    raise RuntimeError(f"{op}: the kernel flagged an invalid value that the host check did not find ({what})")

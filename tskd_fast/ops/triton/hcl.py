@@ -1,8 +1,7 @@
 """ReviewKD's hierarchical context loss as a Triton kernel: the op tskd_fast::hcl_loss_triton.
 
-Same signature, outputs and semantics as the C++ op tskd_fast::hcl_loss (csrc/cpu/hcl_kernel.h,
-csrc/include/tskd_fast/hcl_math.h); the autograd formula and fake kernel are the shared ones of
-tskd_fast.ops.hcl.
+Defined from the spec of tskd_fast.ops.hcl (schema, check, fake kernel, autograd formula), the same
+as the C++ op tskd_fast::hcl_loss (csrc/cpu/hcl_kernel.h, csrc/include/tskd_fast/hcl_math.h).
 
 A program owns one (n, c) plane, addressed through the map's strides (NCHW and channels_last in
 place), walked in BLOCK-pixel chunks: per pooling window (the windows of every included level,
@@ -20,14 +19,12 @@ import torch
 import triton
 import triton.language as tl
 
-from tskd_fast.ops.abf_fuse import empty_in_layout, kernel_channels_last, opmath_dtype
-from tskd_fast.ops.hcl import register_hcl_loss_op
-from tskd_fast.ops.triton import _checks
-from tskd_fast.ops.triton._launch import quiet_interpreter, runs_in_interpreter
+from tskd_fast.ops.common import empty_in_layout, kernel_channels_last, opmath_dtype
+from tskd_fast.ops.hcl import HCL_LOSS
+from tskd_fast.ops.library import define_triton
+from tskd_fast.ops.triton._launch import check_device_runs_triton, quiet_interpreter, runs_in_interpreter
 
-OP_NAME = "tskd_fast::hcl_loss_triton"
 MAX_BLOCK = 1024
-MAX_LEVELS = 8
 
 
 @triton.jit
@@ -155,108 +152,72 @@ def window_table(sizes: list[int], coefs: list[float], h: int, w: int) -> tuple[
     return table, table_coef
 
 
-def check_hcl_inputs(student, teacher, levels, grad_scale, op: str) -> None:
-    """The checks of csrc/abf_hcl_checks.cpp, with its messages."""
-    _checks._check(
-        student.dim() == 4, op, f": student must be 4-D (N, C, H, W), got shape {list(student.shape)}"
-    )
-    _checks._check(student.numel() > 0, op, f": student is empty (shape {list(student.shape)})")
-    _checks._check(
-        student.dtype in _checks.LOGIT_DTYPES,
-        op,
-        f": student must be float32, float16, bfloat16 or float64, got {_checks.scalar_type_name(student.dtype)}",
-    )
-    _checks._check(
-        teacher.shape == student.shape,
-        op,
-        f": teacher must have the shape of student {list(student.shape)}, got {list(teacher.shape)}",
-    )
-    _checks._check(
-        teacher.dtype == student.dtype,
-        op,
-        f": teacher must be {_checks.scalar_type_name(student.dtype)}, got {_checks.scalar_type_name(teacher.dtype)}",
-    )
-    _checks._check(
-        teacher.device == student.device,
-        op,
-        f": teacher is on {teacher.device} but student is on {student.device}",
-    )
-    _checks._check(len(levels) <= MAX_LEVELS, op, f": at most {MAX_LEVELS} levels, got {len(levels)}")
-    _checks._check(all(lv >= 1 for lv in levels), op, f": levels must all be >= 1, got {list(levels)}")
-    _checks._check(math.isfinite(grad_scale), op, f": grad_scale must be finite, got {grad_scale:g}")
-    _checks.check_device_runs_triton(student, INTERPRETED, op)
-
-
-def _hcl_loss_triton_impl(
+def _hcl_pair(
     student: torch.Tensor,
     teacher: torch.Tensor,
     levels: list[int],
     compute_grad: bool,
-    grad_scale: float = 1.0,
+    grad_scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    check_hcl_inputs(student, teacher, levels, grad_scale, OP_NAME)
+    """(loss, grad) of one stage pair."""
     n, c, h, w = student.shape
     acc = opmath_dtype(student.dtype)
     sizes, coefs, tot = included_levels(list(levels), h)
     table, table_coef = window_table(sizes, coefs, h, w)
     norm = tot * n * c
     device = student.device
-    guard = torch.cuda.device(device) if device.type == "cuda" else _Null()
-    with guard:
-        grad = (
-            empty_in_layout(student, kernel_channels_last(student))
-            if compute_grad
-            else student.new_empty((0,))
+    grad = (
+        empty_in_layout(student, kernel_channels_last(student)) if compute_grad else student.new_empty((0,))
+    )
+    windows = torch.tensor(table or [0], dtype=torch.int32, device=device)
+    window_coef = torch.tensor(table_coef or [0.0], dtype=acc, device=device)
+    planes = torch.empty((n * c,), dtype=acc, device=device)
+    scratch = torch.empty((n * c * max(1, len(table_coef)),), dtype=acc, device=device)
+    block = min(MAX_BLOCK, triton.next_power_of_2(h * w))
+    grad_arg = grad if compute_grad else planes
+    grad_strides = grad.stride() if compute_grad else (0, 0, 0, 0)
+    with quiet_interpreter(INTERPRETED):
+        _hcl_kernel[(n * c,)](
+            student,
+            teacher,
+            grad_arg,
+            windows,
+            window_coef,
+            scratch,
+            planes,
+            c,
+            h,
+            w,
+            len(table_coef),
+            *student.stride(),
+            *teacher.stride(),
+            *grad_strides,
+            torch.tensor([grad_scale * 2.0 / norm], dtype=acc, device=device),
+            WRITE_GRAD=bool(compute_grad),
+            ACC=tl.float64 if acc == torch.float64 else tl.float32,
+            BLOCK=block,
         )
-        windows = torch.tensor(table or [0], dtype=torch.int32, device=device)
-        window_coef = torch.tensor(table_coef or [0.0], dtype=acc, device=device)
-        planes = torch.empty((n * c,), dtype=acc, device=device)
-        scratch = torch.empty((n * c * max(1, len(table_coef)),), dtype=acc, device=device)
-        block = min(MAX_BLOCK, triton.next_power_of_2(h * w))
-        grad_arg = grad if compute_grad else planes
-        grad_strides = grad.stride() if compute_grad else (0, 0, 0, 0)
-        with quiet_interpreter(INTERPRETED):
-            _hcl_kernel[(n * c,)](
-                student,
-                teacher,
-                grad_arg,
-                windows,
-                window_coef,
-                scratch,
-                planes,
-                c,
-                h,
-                w,
-                len(table_coef),
-                *student.stride(),
-                *teacher.stride(),
-                *grad_strides,
-                torch.tensor([grad_scale * 2.0 / norm], dtype=acc, device=device),
-                WRITE_GRAD=bool(compute_grad),
-                ACC=tl.float64 if acc == torch.float64 else tl.float32,
-                BLOCK=block,
-            )
-        loss = planes.sum() / norm
+    loss = planes.sum() / norm
     return loss, grad
 
 
-class _Null:
-    def __enter__(self):
-        return self
+def hcl_loss_triton_impl(
+    student_feats: list[torch.Tensor],
+    teacher_feats: list[torch.Tensor],
+    levels: list[int],
+    compute_grad: list[bool],
+    grad_scale: float = 1.0,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The op on inputs its spec checked, on their CUDA device (tskd_fast.ops.library): the pairs'
+    losses summed in order."""
+    check_device_runs_triton(student_feats[0], INTERPRETED)
+    loss, grads = None, []
+    for fs, ft, want in zip(student_feats, teacher_feats, compute_grad, strict=True):
+        pair_loss, grad = _hcl_pair(fs, ft, list(levels), want, grad_scale)
+        loss = pair_loss if loss is None else loss + pair_loss
+        grads.append(grad)
+    return loss, grads
 
-    def __exit__(self, *exc):
-        return False
-
-
-_hcl_loss_triton_def = torch.library.custom_op(
-    OP_NAME,
-    _hcl_loss_triton_impl,
-    mutates_args=(),
-    device_types=("cuda", "cpu"),
-    schema="(Tensor student, Tensor teacher, int[] levels, bool compute_grad, float grad_scale=1.) "
-    "-> (Tensor loss, Tensor grad)",
-)
 
 #: The op overload, called like torch.ops.tskd_fast.hcl_loss.default.
-hcl_loss_triton = torch.ops.tskd_fast.hcl_loss_triton.default
-register_hcl_loss_op(hcl_loss_triton)
+hcl_loss_triton = define_triton(HCL_LOSS, hcl_loss_triton_impl)

@@ -1,8 +1,8 @@
 """The fused KD loss as a Triton kernel: the op tskd_fast::kd_loss_triton.
 
-Same signature, outputs and semantics as the C++ op tskd_fast::kd_loss (csrc/cpu/kd_loss_kernel.h,
-csrc/include/tskd_fast/kd_loss_math.h); the autograd formula and fake kernel are the shared ones
-of tskd_fast.ops.kd_loss.
+Defined from the spec of tskd_fast.ops.kd_loss (schema, check, fake kernel, autograd formula), the
+same as the C++ op tskd_fast::kd_loss (csrc/cpu/kd_loss_kernel.h,
+csrc/include/tskd_fast/kd_loss_math.h).
 
 Kernel layout (launch shapes in _config.row_block_config):
   * rows up to 4096 columns: a program owns a [ROWS, BLOCK_C] tile of whole rows (several rows
@@ -24,18 +24,20 @@ import torch
 import triton
 import triton.language as tl
 
-from tskd_fast.ops.kd_loss import register_kd_loss_op
-from tskd_fast.ops.triton import _checks
+from tskd_fast.ops.common import opmath_dtype, with_unit_class_stride
+from tskd_fast.ops.kd_loss import KD_LOSS, REDUCE_MEAN, REDUCE_NONE, REDUCE_SUM
+from tskd_fast.ops.library import define_triton
 from tskd_fast.ops.triton._config import RowBlockConfig, row_block_config
-from tskd_fast.ops.triton._launch import on_device_of, quiet_interpreter, runs_in_interpreter
+from tskd_fast.ops.triton._launch import (
+    check_device_runs_triton,
+    quiet_interpreter,
+    raise_if_flagged,
+    runs_in_interpreter,
+    value_flag,
+)
 from tskd_fast.ops.triton._rowmath import first_max_index, nan_as_inf, rescale, rescale_unit, shift
 
-OP_NAME = "tskd_fast::kd_loss_triton"
-SCHEMA = (
-    "(Tensor student, Tensor teacher, Tensor? target, Tensor temperature, int ka, float lsr_p, "
-    "bool scale_tau2, float ce_weight, int ignore_index, bool compute_grad, float grad_scale=1.) "
-    "-> (Tensor row_loss, Tensor row_grad)"
-)
+OP_NAME = f"tskd_fast::{KD_LOSS.triton_name}"
 
 KA_NONE, KA_PS, KA_LSR = 0, 1, 2
 
@@ -393,14 +395,14 @@ def launch_kd_loss(
 
     Returns row_loss (B,) float32 (float64 for float64 logits) and row_grad (B, C) in the logits'
     dtype (grad_scale times each row's gradient), or an empty (0,) tensor when compute_grad is
-    False. The kernel clears `flag` (see _checks.value_flag; a scratch one when None) when a label
-    or a temperature is invalid. `config` overrides the launch shape (tests use it to force the
-    chunked path on short rows). Call it on the inputs' device (_launch.on_device_of).
+    False. The kernel clears `flag` (_launch.value_flag; a scratch one when None) when a label or
+    a temperature is invalid. `config` overrides the launch shape (tests use it to force the
+    chunked path on short rows). Call it on the inputs' device (common.device_guard).
     """
     rows, classes = student.shape
     if flag is None:
-        flag = _checks.value_flag(student.device)
-    acc = _checks.opmath_dtype(student.dtype)
+        flag = value_flag(student.device)
+    acc = opmath_dtype(student.dtype)
     row_loss = torch.empty((rows,), dtype=acc, device=student.device)
     if compute_grad:
         row_grad = torch.empty((rows, classes), dtype=student.dtype, device=student.device)
@@ -452,7 +454,18 @@ def launch_kd_loss(
     return row_loss, row_grad
 
 
-def _kd_loss_triton_impl(
+_WHAT = (
+    "a target label is out of range (labels must be in [0, classes) or equal ignore_index) or a "
+    "temperature is not finite and > 0"
+)
+
+
+def name_bad_value(*args) -> None:
+    """Raise the ValueError that names the bad label or temperature the kernel flagged."""
+    KD_LOSS.check_values(*args)
+
+
+def kd_loss_triton_impl(
     student: torch.Tensor,
     teacher: torch.Tensor,
     target: torch.Tensor | None,
@@ -464,45 +477,49 @@ def _kd_loss_triton_impl(
     ignore_index: int,
     compute_grad: bool,
     grad_scale: float = 1.0,
+    reduction: int = REDUCE_NONE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _checks.check_kd_loss_inputs(student, teacher, target, temperature, ka, lsr_p, ce_weight, OP_NAME)
-    if not math.isfinite(grad_scale):
-        raise RuntimeError(f"{OP_NAME}: grad_scale must be finite, got {grad_scale}")
-    _checks.check_device_runs_triton(student, INTERPRETED, OP_NAME)
-    student = _checks.with_unit_class_stride(student)
-    teacher = _checks.with_unit_class_stride(teacher)
+    """The op on inputs its spec checked, on their CUDA device (tskd_fast.ops.library)."""
+    args = (
+        student,
+        teacher,
+        target,
+        temperature,
+        ka,
+        lsr_p,
+        scale_tau2,
+        ce_weight,
+        ignore_index,
+        compute_grad,
+    )
+    check_device_runs_triton(student, INTERPRETED)
+    student = with_unit_class_stride(student)
+    teacher = with_unit_class_stride(teacher)
     temperature = temperature.contiguous()
     if target is not None:
         target = target.contiguous()
-    # Triton launches on the current device: make it the inputs' one, for the outputs too.
-    with on_device_of(student):
-        flag = _checks.value_flag(student.device)
-        out = launch_kd_loss(
-            student,
-            teacher,
-            target,
-            temperature,
-            ka,
-            lsr_p,
-            scale_tau2,
-            ce_weight,
-            ignore_index,
-            compute_grad,
-            grad_scale,
-            flag=flag,
-        )
-        _checks.raise_if_flagged(flag, OP_NAME, target, student.shape[1], ignore_index, temperature)
-    return out
+    flag = value_flag(student.device)
+    row_loss, row_grad = launch_kd_loss(
+        student,
+        teacher,
+        target,
+        temperature,
+        ka,
+        lsr_p,
+        scale_tau2,
+        ce_weight,
+        ignore_index,
+        compute_grad,
+        grad_scale,
+        flag=flag,
+    )
+    raise_if_flagged(flag, OP_NAME, _WHAT, lambda: name_bad_value(*args))
+    if reduction == REDUCE_SUM:
+        return row_loss.sum(), row_grad
+    if reduction == REDUCE_MEAN:
+        return row_loss.mean(), row_grad
+    return row_loss, row_grad
 
 
-_kd_loss_triton_def = torch.library.custom_op(
-    OP_NAME, _kd_loss_triton_impl, mutates_args=(), device_types=("cuda", "cpu"), schema=SCHEMA
-)
-register_kd_loss_op(_kd_loss_triton_def)
-
-#: The op overload, called like torch.ops.tskd_fast.kd_loss.default:
-#: (student (B, C), teacher (B, C), target (B,) int64 | None, temperature (B,) float32 (float64 for
-#: float64 logits), ka, lsr_p, scale_tau2, ce_weight, ignore_index, compute_grad, grad_scale=1)
-#: -> (row_loss (B,) float32/float64, row_grad (B, C) logits dtype: grad_scale times each row's
-#: gradient, or (0,) without compute_grad).
-kd_loss_triton = torch.ops.tskd_fast.kd_loss_triton.default
+#: The op overload, called like torch.ops.tskd_fast.kd_loss.default (tskd_fast.ops.kd_loss).
+kd_loss_triton = define_triton(KD_LOSS, kd_loss_triton_impl)

@@ -1,4 +1,0 @@
-// The CPU kernel bodies compiled for one vector ISA: setup.py and CMakeLists.txt add the ISA's
-// compiler flags and CPU_CAPABILITY to files named *_<isa>.cpp.
-#include "cpu/dtd_weight_kernel.h"
-#include "cpu/kd_loss_kernel.h"
