@@ -26,7 +26,7 @@ PACKAGE = os.path.dirname(os.path.abspath(tskd_fast.__file__))
 FUSED = {
     "vanilla": (set(), set()),
     "kd": ({"kd_loss"}, set()),
-    "dtd_ka": ({"dtd_weight", "kd_loss"}, set()),
+    "dtd_ka": ({"dtd_temperature", "kd_loss"}, set()),
     "reviewkd": ({"abf_fuse", "hcl_loss"}, {"abf_fuse_backward"}),
     "tskd": ({"convlstm_gates", "kd_loss"}, {"convlstm_gates_backward"}),
     "tst": ({"kd_loss"}, set()),

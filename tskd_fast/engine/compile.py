@@ -37,6 +37,8 @@ import torch
 from torch import Tensor, nn
 
 from tskd_fast.distillers.base import StepClock
+from tskd_fast.ops.backend import triton_available, triton_interpreting
+from tskd_fast.ops.library import define_triton_ops
 
 COMPILE_MODES = ("false", "default", "reduce-overhead", "max-autotune")
 
@@ -83,17 +85,28 @@ class CompiledStep:
         if backend != "inductor":
             kwargs.pop("mode")  # an inductor setting
         self._compiled = torch.compile(_own_copy(traced_step), fullgraph=fullgraph, backend=backend, **kwargs)
+        self._prepared = False
 
     def __call__(
         self, image: Tensor, target: Tensor, epoch: int = 0, progress: float = 0.0
     ) -> tuple[Tensor, dict[str, Tensor]]:
         d = self.distiller
+        if not self._prepared:
+            _define_ops_for(image.device)
+            self._prepared = True
         d.loss_scales()
         inputs = d.step_inputs(image, target)
         if self.mode == "reduce-overhead" and image.is_cuda:
             # The previous step's outputs are consumed: its CUDA-graph memory may be reused.
             torch.compiler.cudagraph_mark_step_begin()
         return self._compiled(d, image, target, StepClock(epoch, progress), inputs)
+
+
+def _define_ops_for(device: torch.device) -> None:
+    """Define the Triton ops before the first trace when they can run on ``device`` (CUDA, or the
+    CPU under TRITON_INTERPRET=1): they are defined on first use, which the trace must not be."""
+    if triton_available() and (device.type == "cuda" or triton_interpreting()):
+        define_triton_ops()
 
 
 def traced_step(
