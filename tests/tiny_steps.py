@@ -20,10 +20,18 @@ METHODS = {
 }
 
 
-def tiny_distiller(method: str, device: str = "cpu"):
-    """(distiller in train mode on `device`, the epoch its step is taken in)."""
+def tiny_distiller(method: str, device: str = "cpu", overrides: tuple[str, ...] = ()):
+    """(distiller in train mode on `device`, the epoch its step is taken in); ``overrides``: more
+    config overrides."""
     cfg = load_config(
-        None, [f"distiller.name={method}", "student.name=resnet8", "teacher.name=resnet8", *METHODS[method]]
+        None,
+        [
+            f"distiller.name={method}",
+            "student.name=resnet8",
+            "teacher.name=resnet8",
+            *METHODS[method],
+            *overrides,
+        ],
     )
     torch.manual_seed(0)
     d = build_distiller(cfg, build_model("resnet8", CLASSES), build_model("resnet8", CLASSES)).to(device)
