@@ -3,6 +3,7 @@ fused gate op against the same module with the PyTorch reference gates (``backen
 
     python benchmarks/convlstm_step.py [--device cpu|cuda] [--batch 64] [--in-channels 64]
         [--hidden 64] [--size 32] [--peephole] [--channels-last] [--repeat N]
+        [--compile default|reduce-overhead|max-autotune]
 
 Both modules hold the same weights; a step is ``cell(x, (h, c))`` then the gradients of
 ``sum(h * dh) + sum(c * dc)`` with respect to x, h, c and every parameter. The implementations
@@ -12,6 +13,8 @@ is what the step allocates above its inputs. Target: the fused step >= 1.3x the 
 A third row, "conv only", times the step's convolution alone (the concatenation and the 3x3
 convolution, forward + backward, with a gradient of the gates' shape): no gate op can make the
 step faster than that, so its speed-up over the reference is the bound on any fused one.
+``--compile MODE`` adds both cells compiled (torch.compile with ``trainer.compile=MODE``'s
+settings; the reference gates then fused by inductor), each compared with the compiled reference.
 """
 
 from __future__ import annotations
@@ -25,15 +28,18 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import peak_memory_bytes, time_alternating  # noqa: E402
 
+from tskd_fast.engine.compile import COMPILE_MODES, torch_compile_kwargs  # noqa: E402
 from tskd_fast.nn import ConvLSTMCell  # noqa: E402
 
 
 def report(results: dict, peaks: dict, title: str) -> None:
-    reference = results["reference"]["median"]
+    """One row per timed step; a row "<mode> X" (compiled) is compared with "<mode> reference"."""
     print(f"\n{title}\n")
-    print("| gates | median ms (p20-p80) | speed-up vs reference | peak MiB |")
+    print("| gates | median ms (p20-p80) | speed-up vs reference (same mode) | peak MiB |")
     print("|---|---|---|---|")
     for name, r in results.items():
+        mode = name.rsplit(" ", 1)[0] + " " if name.endswith((" fused", " reference")) else ""
+        reference = results.get(mode + "reference", results["reference"])["median"]
         speedup = f"{reference / r['median']:.2f}x"
         print(
             f"| {name} | {r['median']:.2f} ({r['p20']:.2f}-{r['p80']:.2f}) | {speedup} | {peaks[name] / 2**20:.1f} |"
@@ -55,6 +61,7 @@ def main() -> None:
     parser.add_argument("--peephole", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--compile", choices=COMPILE_MODES[1:], help="also time the compiled cells")
     args = parser.parse_args()
     device, b, cin, ch, s = args.device, args.batch, args.in_channels, args.hidden, args.size
     if device == "cuda":
@@ -102,6 +109,11 @@ def main() -> None:
     out_f, out_r = (cells[n](x, (h, c)) for n in ("fused", "reference"))
     torch.testing.assert_close(out_f, out_r, rtol=1e-4, atol=1e-5)
     steps["conv only"] = conv_only
+    if args.compile:
+        for name in ("fused", "reference"):
+            compiled = step_of(torch.compile(cells[name], **torch_compile_kwargs(args.compile)))
+            compiled()  # compiles
+            steps[f"{args.compile} {name}"] = compiled
     results = time_alternating(steps, device, repeat=args.repeat)
     peaks = {name: peak_memory_bytes(step, device) for name, step in steps.items()}
     where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"

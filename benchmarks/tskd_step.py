@@ -3,10 +3,11 @@ three ConvLSTM encoder–forecasters, forward + backward + SGD step, float32): w
 op against the same distiller with the PyTorch reference gates (``distiller.tskd.backend=reference``).
 
     python benchmarks/tskd_step.py [--device cpu|cuda] [--config configs/cifar100/tskd/X.yaml]
-        [--batch 64] [--channels-last] [--repeat N]
+        [--batch 64] [--channels-last] [--repeat N] [--compile default|reduce-overhead|max-autotune]
 
 The teacher has random weights (the timing does not depend on them). Both distillers start from
-the same weights and snapshots; the implementations alternate step by step.
+the same weights and snapshots; the implementations alternate step by step. ``--compile MODE``
+adds both steps compiled as ``trainer.compile=MODE`` compiles them (tskd_fast.engine.compile).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from common import peak_memory_bytes  # noqa: E402
 from convlstm_step import report, time_alternating  # noqa: E402
 
 from tskd_fast.engine.build import build_distiller  # noqa: E402
+from tskd_fast.engine.compile import COMPILE_MODES, student_step  # noqa: E402
 from tskd_fast.engine.config import load_config  # noqa: E402
 from tskd_fast.engine.optim import build_optimizer  # noqa: E402
 from tskd_fast.models import build_model  # noqa: E402
@@ -60,6 +62,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--compile", choices=COMPILE_MODES[1:], help="also time the compiled steps")
     args = parser.parse_args()
     device = args.device
     if device == "cuda":
@@ -70,9 +73,11 @@ def main() -> None:
         image = image.contiguous(memory_format=torch.channels_last)
     target = torch.randint(0, 100, (args.batch,), generator=gen).to(device)
 
-    def step_of(d, opt):
+    def step_of(d, opt, mode="false"):
+        forward_train = student_step(d, mode)
+
         def step():
-            _, losses = d.forward_train(image, target, epoch=3)
+            _, losses = forward_train(image, target, epoch=3)
             opt.zero_grad(set_to_none=True)
             sum(losses.values()).backward()
             opt.step()
@@ -82,6 +87,11 @@ def main() -> None:
     steps = {}
     for name, backend in (("fused", "auto"), ("reference", "reference")):
         steps[name] = step_of(*build(args.config, backend, device, args.channels_last))
+    if args.compile:
+        for name, backend in (("fused", "auto"), ("reference", "reference")):
+            compiled = step_of(*build(args.config, backend, device, args.channels_last), args.compile)
+            compiled()  # compiles
+            steps[f"{args.compile} {name}"] = compiled
     results = time_alternating(steps, device, args.repeat, warmup=2)
     peaks = {name: peak_memory_bytes(step, device) for name, step in steps.items()}
     where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"

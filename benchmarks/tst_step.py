@@ -3,6 +3,7 @@ augmentation module alone; time (median, p20-p80), peak memory, and the top ops 
 
     python benchmarks/tst_step.py [--device cpu|cuda] [--teacher resnet20] [--student resnet8]
                                   [--batch 64] [--classes 100] [--rounds 5] [--repeat 4]
+                                  [--compile default|reduce-overhead|max-autotune]
 
 Steps (float32, channels_last as the default run, SGD step included where the student learns):
 * ``kd B``: CE + KD on the loader batch of B images;
@@ -10,7 +11,11 @@ Steps (float32, channels_last as the default run, SGD step included where the st
   see 2B images), the module run without gradient;
 * ``kd 2B``: plain KD on 2B images, to separate the module's own cost from the doubled batch;
 * ``tst search B``: one module update (student and teacher forward + backward to the input);
-* ``augment B`` / ``augment B + backward``: the module alone, without / with gradient.
+* ``augment B`` / ``augment B + backward``: the module alone, without / with gradient;
+* ``augment packed B``: the module on a draw made beforehand, every op computed and weighted by it
+  (what a compiled step runs: ``LearnedAugmentation.forward_packed``), eagerly;
+* with ``--compile MODE``: ``kd B`` and ``tst student B`` compiled as ``trainer.compile=MODE``
+  compiles them.
 The implementations alternate within each round (the machine may be shared); the table reports
 the median over rounds of each round's median.
 """
@@ -29,6 +34,8 @@ from common import peak_memory_bytes, time_call  # noqa: E402
 from kd_loss_table import machine  # noqa: E402
 
 from tskd_fast.distillers import RunInfo, build_from_config  # noqa: E402
+from tskd_fast.engine.compile import COMPILE_MODES  # noqa: E402
+from tskd_fast.engine.compile import student_step as compiled_step  # noqa: E402
 from tskd_fast.engine.config import schema_defaults  # noqa: E402
 from tskd_fast.models import build_model  # noqa: E402
 
@@ -48,9 +55,11 @@ def build(method: str, teacher: str, student: str, classes: int, device: str):
     return d, opt
 
 
-def student_step(d, opt, x, y):
+def student_step(d, opt, x, y, mode="false"):
+    forward_train = compiled_step(d, mode)
+
     def step():
-        _, losses = d.forward_train(x, y)
+        _, losses = forward_train(x, y)
         opt.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         opt.step()
@@ -68,6 +77,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=4)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--compile", choices=COMPILE_MODES[1:], help="also time the compiled student steps")
     args = parser.parse_args()
     dev, b = args.device, args.batch
     kd, kd_opt = build("kd", args.teacher, args.student, args.classes, dev)
@@ -88,7 +98,17 @@ def main() -> None:
         f"tst search {b}": lambda: tst.phase_step(x[:b], y[:b], 0, 0),
         f"augment {b}": lambda: tst.augment(x[:b]).detach(),
         f"augment {b} + backward": augment_backward,
+        f"augment packed {b}": lambda: tst.augment.forward_packed(
+            x[:b], tst.augment.draw().packed(dev)
+        ).detach(),
     }
+    if args.compile:
+        for name, d in ((f"kd {b}", kd), (f"tst student {b} (+{b} augmented)", tst)):
+            step = student_step(
+                d, torch.optim.SGD(d.student.parameters(), lr=0.01, momentum=0.9), x[:b], y[:b], args.compile
+            )
+            step()  # compiles
+            cases[f"{name} {args.compile}"] = step
     for fn in cases.values():  # warm-up
         fn()
     samples: dict[str, list[float]] = {k: [] for k in cases}

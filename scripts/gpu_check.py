@@ -169,6 +169,12 @@ def _tests_section(out_dir: Path, lines: list[str]) -> bool:
     lines.append(
         f"  {'total':<10} {total['passed']:>7} {total['failed']:>7} {total['error']:>7} {total['skipped']:>8}"
     )
+    graphs = Counter(outcome for name, outcome, _ in results if "test_cuda_graphs" in name)
+    if graphs:
+        lines.append(
+            f"  CUDA-graph capture and host-sync checks (tests/test_cuda_graphs.py): {graphs['passed']} passed, "
+            f"{graphs['failed'] + graphs['error']} failed, {graphs['skipped']} skipped"
+        )
     bad = [(name, message) for name, outcome, message in results if outcome in ("failed", "error")]
     if bad:
         lines.append(f"  first failures ({min(len(bad), 12)} of {len(bad)}):")
@@ -237,15 +243,40 @@ def _bench_section(out_dir: Path, lines: list[str]) -> bool:
                 f"    {row['op']} {row['shape']} {row['dtype']} {row['backend']}: {row['median_ms']:.1f} ms, "
                 f"{row['tflops']:.3g} TFLOPS{share}{memory}"
             )
-    for step in bench.get("steps", []):
-        lines.append(
-            f"  step {step['method']:<9} {step['device']}: reference {step['reference_ms']:.1f} ms, "
-            f"auto {step['auto_ms']:.1f} ms ({step['speedup']:.2f}x)"
-        )
+    lines += _step_lines(bench.get("steps", []))
     lines += ["  note: " + note for note in bench.get("notes", [])]
     if not rows:
         lines.append("  no fused rows in bench.json")
     return bool(rows)
+
+
+def _step_lines(steps: list[dict]) -> list[str]:
+    """One line per training-step row: method, device, mode (eager or the compile mode), batch,
+    the reference and fused steps' medians, the ratio, and the compiled step's first call."""
+    lines = []
+    for step in steps:
+        compiled = f", compiled in {step['compile_s']:.0f} s" if step.get("compile_s") is not None else ""
+        lines.append(
+            f"  step {step['method']:<9} {step['device']} {step.get('mode', 'eager'):<15} batch {step['batch']:<3}: "
+            f"reference {step['reference_ms']:.1f} ms, auto {step['auto_ms']:.1f} ms ({step['speedup']:.2f}x){compiled}"
+        )
+    return lines
+
+
+def _steps_section(out_dir: Path, lines: list[str]) -> bool:
+    """The steps-<method>.json of phase 4 (whole training steps, eager and compiled)."""
+    paths = sorted(out_dir.glob("steps-*.json"))
+    if not paths:
+        lines.append("  no step timings (see steps-*.log)")
+        return False
+    ok = True
+    for path in paths:
+        bench = json.loads(path.read_text())
+        if not bench.get("steps"):
+            ok = False
+        lines += _step_lines(bench.get("steps", []))
+        lines += ["  note: " + note for note in bench.get("notes", [])]
+    return ok
 
 
 def _overhead_section(out_dir: Path, lines: list[str]) -> bool:
@@ -296,6 +327,9 @@ def summary(out_dir: Path) -> int:
         ok = _tests_section(out_dir, lines) and ok
     lines.append("timings (forward + backward, median):")
     ok = _bench_section(out_dir, lines) and ok
+    if any(name.startswith("steps-") for name in phases):
+        lines.append("whole training steps (eager and compiled; reference vs fused ops):")
+        ok = _steps_section(out_dir, lines) and ok
     lines.append("host cost (forward + backward on tiny tensors, 20th percentile):")
     ok = _overhead_section(out_dir, lines) and ok
     lines.append(f"verdict: {'PASS' if ok else 'FAIL'} (logs in {out_dir})")

@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
 # One-shot check of tskd_fast on a machine with an NVIDIA GPU, within about 8 minutes:
 #   1. build the extension in place for this GPU's architecture only (MAX_JOBS = cores);
-#   2. run the test-suite (the CUDA and Triton backends on the GPU), backend-parametrised tests first;
+#   2. run the test-suite (the CUDA and Triton backends on the GPU): first the CUDA-graph capture and
+#      host-sync checks (tests/test_cuda_graphs.py), then the backend-parametrised tests, then the rest;
 #   3. time every fused op: `python3 -m tskd_fast.bench --device cuda --quick` (CUDA C++ and Triton
 #      against eager and torch.compile, the KD loss also at an LLM vocabulary in bf16, GB/s against
 #      the copy bandwidth measured in the same run, the fused linear + KD loss at N = 8192,
 #      H_s = 2048, H_t = 4096, V = 128256 in bf16 with its TFLOPS as a share of the bf16 peak and
-#      its incremental peak memory, whole training steps);
+#      its incremental peak memory);
 #   4. time each op's host cost: `python3 -m tskd_fast.bench --overhead --device cuda --quick`
 #      (forward + backward on tiny tensors, fused and eager against the floor of autograd);
-#   5. profile the tst training step with and without the fused ops (profile-tst.log);
-#   6. print one summary: tests passed/failed/skipped per backend, each op's time and bandwidth
-#      share, each op's host cost.
+#   5. time every method's whole training step eager, compiled and compiled with CUDA graphs
+#      (reduce-overhead), reference and fused ops, one bench run per method (steps-<method>.json);
+#   6. profile the tst training step with and without the fused ops, eager and compiled (profile-tst.log);
+#   7. print one summary: tests passed/failed/skipped per backend, the CUDA-graph and sync checks,
+#      each op's time and bandwidth share, each op's host cost, each method's step times.
 # Uses the system python3 and whatever it has installed (no venv, no network, installs nothing).
 #
 #   scripts/gpu_check.sh [OUT_DIR]      (or `make gpu-check OUT=...`)
 #
 # OUT_DIR (default $OUT, else ./gpu-check-out) receives every log, the JUnit report and summary.txt.
 # Exit code: 0 when everything passed; 1 when something failed; 2 without a GPU (said within seconds).
-# Knobs: PYTHON (python3), GPU_CHECK_BUDGET_S (470: the whole run), GPU_CHECK_TESTS (pytest
+# Knobs: PYTHON (python3), GPU_CHECK_BUDGET_S (720: the whole run), GPU_CHECK_TESTS (pytest
 # targets, default tests), GPU_CHECK_DEVICE=cpu (a rehearsal of this script without a GPU: no
-# build, the installed extension, benchmark on small CPU shapes).
+# build, the installed extension, benchmark on small CPU shapes), GPU_CHECK_STEP_METHODS (the
+# methods of step 4, default all that distil), GPU_CHECK_STEP_BATCH (64; 4 on the CPU),
+# GPU_CHECK_STEP_COMPILE (default,reduce-overhead; default on the CPU).
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,7 +33,7 @@ cd "$REPO"
 OUT_DIR="${1:-${OUT:-$REPO/gpu-check-out}}"
 mkdir -p "$OUT_DIR" && OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 PY="${PYTHON:-python3}"
-BUDGET_S="${GPU_CHECK_BUDGET_S:-470}"
+BUDGET_S="${GPU_CHECK_BUDGET_S:-720}"
 DEVICE="${GPU_CHECK_DEVICE:-cuda}"
 START=$(date +%s)
 LOG="$OUT_DIR/gpu-check.log"
@@ -36,7 +41,7 @@ PHASES="$OUT_DIR/phases.tsv"
 : > "$LOG"
 : > "$PHASES"
 rm -f "$OUT_DIR/junit.xml" "$OUT_DIR/test-results.jsonl" "$OUT_DIR/bench.json" "$OUT_DIR/bench.log" \
-  "$OUT_DIR/overhead.json" "$OUT_DIR/overhead.log"
+  "$OUT_DIR/overhead.json" "$OUT_DIR/overhead.log" "$OUT_DIR"/steps-*.json "$OUT_DIR"/steps-*.log
 export PYTHONPATH="$REPO:$REPO/scripts${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
 if [ "$DEVICE" = "cuda" ]; then unset TRITON_INTERPRET; fi  # Triton compiles for the GPU
@@ -105,13 +110,14 @@ else
 fi
 
 # --- 2. tests -----------------------------------------------------------------------------------
-BENCH_RESERVE=180
+BENCH_RESERVE=465
 if [ "${HAS_PYTEST:-0}" = "1" ]; then
-  # Backend-parametrised test files first, so that a short budget still covers the kernels.
+  # The CUDA-graph and sync checks, then the backend-parametrised test files, so that a short
+  # budget still covers the kernels.
   read -r -a TARGETS <<< "${GPU_CHECK_TESTS:-tests}"
   FIRST=()
   if [ -z "${GPU_CHECK_TESTS:-}" ]; then
-    mapfile -t FIRST < <(grep -l "kernel_backends\|device_of" tests/test_*.py 2> /dev/null)
+    mapfile -t FIRST < <(echo tests/test_cuda_graphs.py; grep -l "kernel_backends\|device_of" tests/test_*.py 2> /dev/null | grep -v test_cuda_graphs.py)
   fi
   ARGS=(-q -p no:cacheprovider -o addopts=-ra -p gpu_check_pytest_plugin --junitxml="$OUT_DIR/junit.xml")
   if [ "${HAS_PYTEST_BENCHMARK:-0}" = "1" ]; then ARGS+=(--benchmark-skip); fi
@@ -127,30 +133,52 @@ else
   say "pytest is not installed for $PY: the test-suite was not run"
 fi
 
-# --- 3. timings ---------------------------------------------------------------------------------
-PROFILE_RESERVE=70
+# --- 3. timings of the ops -----------------------------------------------------------------------
 OVERHEAD_RESERVE=45
-LIMIT=$(( $(left) - PROFILE_RESERVE - OVERHEAD_RESERVE ))
+STEPS_RESERVE=300
+PROFILE_RESERVE=90
+OPS="$("$PY" -c 'from tskd_fast.bench.cases import FAMILIES; print(",".join(FAMILIES))' 2>> "$LOG")"
+LIMIT=$(( $(left) - OVERHEAD_RESERVE - STEPS_RESERVE - PROFILE_RESERVE ))
 if [ "$LIMIT" -lt 30 ]; then LIMIT=30; fi
 run_phase bench "$LIMIT" "$OUT_DIR/bench.log" \
-  "$PY" -m tskd_fast.bench --device "$DEVICE" --quick --json "$OUT_DIR/bench.json"
+  "$PY" -m tskd_fast.bench --device "$DEVICE" --quick --ops "${OPS:-all}" --json "$OUT_DIR/bench.json"
 
 # --- 4. host cost ---------------------------------------------------------------------------------
-LIMIT=$(( $(left) - PROFILE_RESERVE ))
+LIMIT=$(( $(left) - STEPS_RESERVE - PROFILE_RESERVE ))
 if [ "$LIMIT" -lt 30 ]; then LIMIT=30; fi
 run_phase overhead "$LIMIT" "$OUT_DIR/overhead.log" \
   "$PY" -m tskd_fast.bench --overhead --device "$DEVICE" --quick --json "$OUT_DIR/overhead.json"
+
+# --- 5. whole training steps, eager and compiled -------------------------------------------------
+# One bench run per method (a fresh process, its own JSON), so that a method the budget does not
+# reach leaves the others' results; each run compiles the step twice per mode (reference, fused).
+if [ "$DEVICE" = "cuda" ]; then STEP_BATCH_DEFAULT=64 STEP_COMPILE_DEFAULT=default,reduce-overhead
+else STEP_BATCH_DEFAULT=4 STEP_COMPILE_DEFAULT=default; fi
+STEP_METHODS="${GPU_CHECK_STEP_METHODS:-$("$PY" -c 'from tskd_fast.bench.steps import distilling_methods; print(" ".join(distilling_methods()))' 2>> "$LOG")}"
+for METHOD in $STEP_METHODS; do
+  LIMIT=$(( $(left) - PROFILE_RESERVE ))
+  if [ "$LIMIT" -lt 30 ]; then
+    record "steps-$METHOD" skipped 0 "no time left"
+    continue
+  fi
+  run_phase "steps-$METHOD" "$LIMIT" "$OUT_DIR/steps-$METHOD.log" \
+    "$PY" -m tskd_fast.bench --device "$DEVICE" --ops steps --methods "$METHOD" --repeat 5 \
+    --batch "${GPU_CHECK_STEP_BATCH:-$STEP_BATCH_DEFAULT}" \
+    --step-compile "${GPU_CHECK_STEP_COMPILE:-$STEP_COMPILE_DEFAULT}" --json "$OUT_DIR/steps-$METHOD.json"
+done
+
+# --- 6. profile of the tst step ------------------------------------------------------------------
 # The first GPU run timed the tst step 2.8x slower with the fused ops than without; the profile
-# of both (profile-tst.log) says where the time goes.
+# of both, eager and compiled (profile-tst.log), says where the time goes.
 LIMIT=$(( $(left) - 10 ))
 if [ "$LIMIT" -ge 30 ]; then
   run_phase profile-tst "$LIMIT" "$OUT_DIR/profile-tst.log" \
-    "$PY" "$REPO/scripts/profile_step.py" tst --device "$DEVICE" --batch 8
+    "$PY" "$REPO/scripts/profile_step.py" tst --device "$DEVICE" --batch 8 --compile default
 else
   record profile-tst skipped 0 "no time left"
 fi
 
-# --- 6. summary ---------------------------------------------------------------------------------
+# --- 7. summary ---------------------------------------------------------------------------------
 record total ok "$(elapsed)" "budget ${BUDGET_S} s"
 "$PY" "$REPO/scripts/gpu_check.py" summary "$OUT_DIR" | tee -a "$LOG"
 exit "${PIPESTATUS[0]}"

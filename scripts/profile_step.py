@@ -1,7 +1,10 @@
 """Profile one method's whole training step (the step `tskd-fast bench --ops steps` times), with
 the fused ops (auto) and with the reference, and print where each spends its time.
 
-    python3 scripts/profile_step.py tst --device cuda --batch 8 [--steps 5]
+    python3 scripts/profile_step.py tst --device cuda --batch 8 [--steps 5] [--compile default]
+
+With ``--compile MODE`` the step compiled as ``trainer.compile=MODE`` compiles it is profiled too,
+with the fused ops (its first calls, which compile, are outside the profile).
 
 For each backend: the wall time per step, then torch.profiler's table of the most expensive ops
 (self time on the device for CUDA, self CPU time otherwise). Written for the one-shot GPU check,
@@ -11,11 +14,13 @@ where a step that is slower with the fused ops needs a look at what runs in it.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
 
 from tskd_fast.bench.steps import build_step
+from tskd_fast.engine.compile import COMPILE_MODES
 
 
 def profile_backend(fn, device: torch.device, steps: int, rows: int) -> None:
@@ -51,12 +56,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rows", type=int, default=15, help="ops listed per table")
+    parser.add_argument("--compile", choices=COMPILE_MODES[1:], help="also profile the compiled fused step")
     args = parser.parse_args()
     device = torch.device(args.device)
-    fns = build_step(args.method, device, args.batch)
-    for backend in ("reference", "auto"):
-        print(f"== {args.method} step, batch {args.batch}, {device}, backend {backend}")
-        profile_backend(fns[backend], device, args.steps, args.rows)
+    fns = build_step(args.method, device, args.batch, [args.compile] if args.compile else [])
+    names = ["reference", "auto"] + ([f"{args.compile} auto"] if args.compile else [])
+    for name in names:
+        print(f"== {args.method} step, batch {args.batch}, {device}, backend {name}")
+        sys.stdout.flush()
+        profile_backend(fns[name], device, args.steps, args.rows)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from tskd_fast.bench import steps
 from tskd_fast.bench.cases import FAMILIES, Shape
 from tskd_fast.bench.timing import Plan
 from tskd_fast.cli import main
+from tskd_fast.errors import UserError
 from tskd_fast.ops import _extension
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,7 +127,8 @@ def test_training_step_of_a_method_times_reference_against_auto(monkeypatch):
     monkeypatch.setattr(steps, "TEACHER", "resnet8")
     monkeypatch.setattr(steps, "STUDENT", "resnet8")
     plan = Plan(warmup=1, repeat=3, min_repeat=3)
-    result = steps.run_method("kd", torch.device("cpu"), 2, plan, with_memory=True)
+    (result,) = steps.run_method("kd", torch.device("cpu"), 2, plan, with_memory=True)
+    assert result.mode == "eager" and result.compile_s is None
     assert result.batch == 2 and result.speedup == pytest.approx(result.reference_ms / result.auto_ms)
     expected = (result.auto_ms - result.student_ms - result.teacher_ms) / result.auto_ms
     assert result.distill_share_auto == pytest.approx(expected)
@@ -134,7 +136,7 @@ def test_training_step_of_a_method_times_reference_against_auto(monkeypatch):
 
 
 def test_a_method_that_cannot_step_is_a_note_and_exit_1(capsys, monkeypatch):
-    def broken(method, device, batch, plan, with_memory):
+    def broken(method, device, batch, plan, with_memory, compile_modes):
         raise RuntimeError("the review loss needs snapshots")
 
     monkeypatch.setattr("tskd_fast.bench.cli.run_method", broken)
@@ -218,3 +220,36 @@ def test_overhead_verdict():
     assert row(20.0, 30.0, 100.0).met  # exactly 1.5x the floor
     assert not row(20.0, 30.2, 100.0).met
     assert not row(20.0, 25.0, 24.0).met  # slower than eager
+
+
+def test_compiled_steps_are_timed_beside_the_eager_ones_in_one_run(monkeypatch):
+    """--step-compile adds a row per mode: the step compiled as the trainer compiles it, once per
+    backend (the backend is read while tracing). Traced here with a counting backend, not inductor."""
+    import functools
+
+    from torch._dynamo.testing import CompileCounter
+
+    from tskd_fast.engine import compile as engine_compile
+
+    counter = CompileCounter()
+    monkeypatch.setattr(
+        engine_compile, "CompiledStep", functools.partial(engine_compile.CompiledStep, backend=counter)
+    )
+    monkeypatch.setattr(steps, "TEACHER", "resnet8")
+    monkeypatch.setattr(steps, "STUDENT", "resnet8")
+    torch._dynamo.reset()
+    plan = Plan(warmup=1, repeat=3, min_repeat=3)
+    eager, compiled = steps.run_method(
+        "kd", torch.device("cpu"), 2, plan, with_memory=False, compile_modes=["default"]
+    )
+    torch._dynamo.reset()
+    assert (eager.mode, compiled.mode) == ("eager", "default")
+    assert counter.frame_count == 2  # one graph with the reference ops, one with the fused ones
+    assert compiled.compile_s > 0 and compiled.reference_ms > 0 and compiled.auto_ms > 0
+    assert compiled.distill_share_auto is None and eager.distill_share_auto is not None
+    with pytest.raises(ValueError, match="compile mode"):
+        steps.build_step("kd", torch.device("cpu"), 2, compile_modes=["false"])
+    with pytest.raises(UserError, match="--step-compile"):
+        from tskd_fast.bench.cli import _step_modes, build_parser
+
+        _step_modes(build_parser().parse_args(["--step-compile", "fast"]))

@@ -234,3 +234,39 @@ def test_summary_fails_on_failures_timeouts_and_a_missing_pytest(tmp_path, capsy
     (tmp_path / "bench.json").write_text(json.dumps(_bench_rows()))
     assert gpu_check.summary(tmp_path) == 1
     assert "pytest is NOT installed" in capsys.readouterr().out
+
+
+def test_summary_lists_the_step_timings_and_the_cuda_graph_checks(tmp_path, capsys):
+    cases = [
+        ("test_whole_training_step_captures_without_a_sync[kd]", "passed"),
+        ("test_whole_training_step_captures_without_a_sync[tst]", "failed"),
+    ]
+    body = _junit(cases).replace('classname="tests.test_k"', 'classname="tests.test_cuda_graphs"')
+    (tmp_path / "junit.xml").write_text(body)
+    (tmp_path / "bench.json").write_text(json.dumps(_bench_rows()))
+    eager = {
+        "method": "kd",
+        "device": "cuda",
+        "batch": 64,
+        "reference_ms": 9.0,
+        "auto_ms": 8.0,
+        "speedup": 1.125,
+    }
+    rows = [
+        dict(eager, mode="eager", compile_s=None),
+        dict(eager, mode="default", reference_ms=6.0, auto_ms=5.0, speedup=1.2, compile_s=31.0),
+        dict(eager, mode="reduce-overhead", reference_ms=3.0, auto_ms=2.0, speedup=1.5, compile_s=35.0),
+    ]
+    (tmp_path / "steps-kd.json").write_text(json.dumps({"steps": rows, "notes": []}))
+    (tmp_path / "steps-tst.json").write_text(
+        json.dumps({"steps": [], "notes": ["step tst cuda: failed: boom"]})
+    )
+    (tmp_path / "phases.tsv").write_text("tests\tok\t200\t\nbench\tok\t90\t\nsteps-kd\tok\t100\t\n")
+    assert gpu_check.summary(tmp_path) == 1  # a failed capture test, and a method without a step row
+    text = capsys.readouterr().out
+    assert "CUDA-graph capture and host-sync checks (tests/test_cuda_graphs.py): 1 passed, 1 failed" in text
+    assert (
+        "step kd        cuda reduce-overhead batch 64 : reference 3.0 ms, auto 2.0 ms (1.50x), compiled in 35 s"
+        in text
+    )
+    assert "step kd        cuda eager" in text and "note: step tst cuda: failed: boom" in text

@@ -123,6 +123,8 @@ def coerce(field: Field, value: Any, key: str) -> Any:
             else value
         )
     else:
+        if field.type is str and isinstance(value, bool) and field.choices:
+            value = str(value).lower()  # YAML reads false / off / no as a boolean; the choices say
         out = _coerce_scalar(value, field.type, key)
     if field.choices is not None and out not in field.choices:
         raise ConfigError(f"{key} must be one of {', '.join(map(str, field.choices))}; got {out!r}")

@@ -27,6 +27,7 @@ from tskd_fast.bench.timing import Plan  # noqa: E402
 from tskd_fast.errors import UserError  # noqa: E402
 
 STEPS = "steps"
+STEP_MODES = ("default", "reduce-overhead", "max-autotune")
 DTYPES = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -40,7 +41,8 @@ def build_parser(prog: str = "tskd-fast bench") -> argparse.ArgumentParser:
         prog=prog,
         description="Time every fused op's forward + backward against the eager PyTorch reference and "
         "torch.compile of it (CPU always; CUDA C++ and Triton kernels on a GPU), then one training step "
-        "of each distillation method with the fused ops against the reference. Prints the median "
+        "of each distillation method with the fused ops against the reference, eager and compiled as "
+        "trainer.compile compiles it. Prints the median "
         "(20th-80th percentile), the speed-ups, GB/s on each op's minimal-bytes model and as a share "
         "of the copy bandwidth measured in the same run, and peak memory. See benchmarks/README.md.",
     )
@@ -91,7 +93,23 @@ def build_parser(prog: str = "tskd-fast bench") -> argparse.ArgumentParser:
     parser.add_argument(
         "--methods", help="comma-separated methods for the step benchmarks (default: all that distil)"
     )
+    parser.add_argument(
+        "--step-compile",
+        metavar="MODES",
+        help="compile modes of the step benchmarks, each timed with reference and fused ops beside the "
+        f"eager steps: comma-separated from {', '.join(STEP_MODES)}, or none (default: default; none "
+        "with --quick or --no-compile)",
+    )
     return parser
+
+
+def _step_modes(args: argparse.Namespace) -> list[str]:
+    """The compile modes of the step rows (see --step-compile)."""
+    if args.step_compile is None:
+        return [] if args.quick or args.no_compile else ["default"]
+    if args.step_compile.strip() == "none":
+        return []
+    return _choose("step-compile", args.step_compile, list(STEP_MODES))
 
 
 def _split(text: str) -> list[str]:
@@ -195,6 +213,7 @@ def _check_options(args: argparse.Namespace) -> tuple[list[str], list[str], list
             raise UserError(f"--{option} must be >= 1, got {value}")
     if args.max_seconds is not None and not args.max_seconds >= 0:
         raise UserError(f"--max-seconds must be >= 0, got {args.max_seconds}")
+    _step_modes(args)
     return families, dtype_names, devices, methods
 
 
@@ -246,11 +265,12 @@ def _step_rows(
     rows, notes = [], []
     batch = args.batch or (8 if args.quick else 64)
     plan = _plans(args)[1]
+    modes = _step_modes(args)
     for device in devices:
         for method in methods:
             start = time.perf_counter()
             try:
-                rows.append(run_method(method, device, batch, plan, not args.no_memory))
+                rows.extend(run_method(method, device, batch, plan, not args.no_memory, modes))
             except Exception as error:  # noqa: BLE001  (one line per method that cannot step)
                 first = (str(error).strip().splitlines() or [""])[0]
                 notes.append(f"step {method} {device.type}: failed: {type(error).__name__}: {first}"[:300])
@@ -377,8 +397,9 @@ def _print_results(machine: dict, rows: list[Result], step_rows: list[StepResult
             print("\n".join(f"  {line}" for line in targets))
     if step_rows:
         print(
-            "\nTraining step resnet32x4 -> resnet8x4, 3x32x32, backend reference vs auto "
-            "(distillation share = (step - student alone - teacher forward) / step)\n"
+            "\nTraining step resnet32x4 -> resnet8x4, 3x32x32, backend reference vs auto, eager and "
+            "compiled (mode: trainer.compile; distillation share = (step - student alone - teacher "
+            "forward) / step; compile s: the compiled auto step's first call)\n"
         )
         print(report.step_table(step_rows))
     for note in notes:

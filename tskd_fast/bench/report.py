@@ -43,23 +43,29 @@ def op_table(rows: Sequence[Result]) -> str:
 
 
 def step_table(rows: Sequence[StepResult]) -> str:
-    """A markdown table of the whole-step rows."""
+    """A markdown table of the whole-step rows (one per method, device and mode)."""
     head = (
-        "| method | device | batch | step ms reference (p20-p80) | step ms auto (p20-p80) | speed-up "
-        "| distillation share ref / auto | teacher share | peak MiB ref / auto |"
+        "| method | device | mode | batch | step ms reference (p20-p80) | step ms auto (p20-p80) | speed-up "
+        "| distillation share ref / auto | teacher share | peak MiB ref / auto | compile s |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         peaks = (
             ""
             if r.peak_mib_reference is None or r.peak_mib_auto is None
             else f"{r.peak_mib_reference:.0f} / {r.peak_mib_auto:.0f}"
         )
+        shares = (
+            ""
+            if r.distill_share_reference is None or r.distill_share_auto is None
+            else f"{100 * r.distill_share_reference:.0f}% / {100 * r.distill_share_auto:.0f}%"
+        )
+        teacher = "" if r.teacher_share is None else f"{100 * r.teacher_share:.0f}%"
+        compiled = "" if r.compile_s is None else f"{r.compile_s:.0f}"
         lines.append(
-            f"| {r.method} | {r.device} | {r.batch} | {_ms(r.reference_ms)} ({_ms(r.reference_p20_ms)}-"
+            f"| {r.method} | {r.device} | {r.mode} | {r.batch} | {_ms(r.reference_ms)} ({_ms(r.reference_p20_ms)}-"
             f"{_ms(r.reference_p80_ms)}) | {_ms(r.auto_ms)} ({_ms(r.auto_p20_ms)}-{_ms(r.auto_p80_ms)}) | "
-            f"{r.speedup:.2f}x | {100 * r.distill_share_reference:.0f}% / {100 * r.distill_share_auto:.0f}% | "
-            f"{100 * r.teacher_share:.0f}% | {peaks} |"
+            f"{r.speedup:.2f}x | {shares} | {teacher} | {peaks} | {compiled} |"
         )
     return "\n".join(lines)
 

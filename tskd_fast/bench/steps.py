@@ -1,18 +1,23 @@
 """Whole training steps: one optimizer step of resnet32x4 -> resnet8x4 on CIFAR-shaped input for
-every registered distillation method, with the fused ops (``auto``) against ``reference``.
+every registered distillation method, with the fused ops (``auto``) against ``reference``, eager
+and compiled.
 
 The step is taken in the method's last epoch (its last review epoch for TSKD), after replaying
-the epoch hooks of the run before it. Four things alternate in one run, on the same models and batch: the method's full step with
-TSKD_FAST_BACKEND=reference, the same with auto, the student alone (forward, CE, backward,
-optimizer step) and the teacher's forward. The split is by subtraction:
-distillation code = step - student alone - teacher forward (the method's loss terms and its own
-modules, forward and backward, and their share of the optimizer step).
+the epoch hooks of the run before it. What alternates in one run, on the same models and batch:
+the method's full step with TSKD_FAST_BACKEND=reference, the same with auto, the student alone
+(forward, CE, backward, optimizer step), the teacher's forward, and for each compile mode asked
+for (``trainer.compile``'s values: default, reduce-overhead, max-autotune) the full step compiled
+as the trainer compiles it (tskd_fast.engine.compile.CompiledStep), with reference and with auto.
+The split is by subtraction: distillation code = step - student alone - teacher forward (the
+method's loss terms and its own modules, forward and backward, and their share of the optimizer
+step); it is given for the eager steps.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
@@ -28,7 +33,9 @@ TEACHER, STUDENT, CLASSES = "resnet32x4", "resnet8x4", 100
 
 @dataclass
 class StepResult:
-    """One method's row: medians in ms (p20/p80 of the two full steps), shares of the auto step."""
+    """One method's row for one mode ("eager", or the compile mode of both steps): medians in ms
+    (p20/p80 of the two full steps), shares of the auto step (eager rows only), the seconds the
+    compiled auto step's first call took (compiling it)."""
 
     method: str
     device: str
@@ -42,11 +49,13 @@ class StepResult:
     student_ms: float
     teacher_ms: float
     speedup: float
-    distill_share_reference: float
-    distill_share_auto: float
-    teacher_share: float
+    distill_share_reference: float | None
+    distill_share_auto: float | None
+    teacher_share: float | None
     peak_mib_reference: float | None
     peak_mib_auto: float | None
+    mode: str = "eager"
+    compile_s: float | None = None
 
 
 def method_config(method: str) -> dict:
@@ -121,9 +130,13 @@ def own_random_stream(module: torch.nn.Module, fn: Callable[[], None]) -> Callab
     return run
 
 
-def build_step(method: str, device: torch.device, batch: int) -> dict[str, Callable[[], None]]:
-    """The four timed callables of a method: "reference", "auto", "student", "teacher"."""
+def build_step(
+    method: str, device: torch.device, batch: int, compile_modes: Sequence[str] = ()
+) -> dict[str, Callable[[], None]]:
+    """The timed callables of a method: "reference", "auto", "student", "teacher", and
+    "<mode> reference" / "<mode> auto" for each compile mode (compiled on their first call)."""
     from tskd_fast.engine.build import build_distiller
+    from tskd_fast.engine.compile import COMPILE_MODES, CompiledStep
     from tskd_fast.engine.optim import build_optimizer
     from tskd_fast.models import build_model
 
@@ -157,11 +170,16 @@ def build_step(method: str, device: torch.device, batch: int) -> dict[str, Calla
         images = images.contiguous(memory_format=torch.channels_last)
     target = torch.randint(0, CLASSES, (batch,), generator=gen).to(device)
 
-    def full_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        _, losses = distiller.forward_train(images, target, epoch=epoch, progress=(epoch + 0.5) / epochs)
-        sum(losses.values()).backward()
-        optimizer.step()
+    def full_step_with(forward_train: Callable) -> Callable[[], None]:
+        def full_step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            _, losses = forward_train(images, target, epoch=epoch, progress=(epoch + 0.5) / epochs)
+            sum(losses.values()).backward()
+            optimizer.step()
+
+        return full_step
+
+    full_step = full_step_with(distiller.forward_train)
 
     def student_step() -> None:
         student_optimizer.zero_grad(set_to_none=True)
@@ -172,44 +190,77 @@ def build_step(method: str, device: torch.device, batch: int) -> dict[str, Calla
         with torch.no_grad():
             distiller.teacher(images)
 
-    return {
+    fns = {
         "reference": with_backend("reference", own_random_stream(distiller, full_step)),
         "auto": with_backend("auto", own_random_stream(distiller, full_step)),
         "student": student_step,
         "teacher": teacher_forward,
     }
+    for mode in compile_modes:
+        if mode not in COMPILE_MODES or mode == "false":
+            raise ValueError(f"compile mode must be one of {COMPILE_MODES[1:]}, got {mode!r}")
+        for backend in ("reference", "auto"):
+            # One CompiledStep per backend: the backend is read while tracing, so each has its graph.
+            compiled = full_step_with(CompiledStep(distiller, mode))
+            fns[f"{mode} {backend}"] = with_backend(backend, own_random_stream(distiller, compiled))
+    return fns
 
 
-def run_method(method: str, device: torch.device, batch: int, plan: Plan, with_memory: bool) -> StepResult:
-    """Time one method's step (see the module docstring). Raises on a method that cannot step."""
-    fns = build_step(method, device, batch)
+def run_method(
+    method: str,
+    device: torch.device,
+    batch: int,
+    plan: Plan,
+    with_memory: bool,
+    compile_modes: Sequence[str] = (),
+) -> list[StepResult]:
+    """Time one method's step (see the module docstring): the eager row, then one row per compile
+    mode, all from one alternating measurement. Raises on a method that cannot step."""
+    fns = build_step(method, device, batch, compile_modes)
+    compile_s = {}
+    for mode in compile_modes:
+        for backend in ("reference", "auto"):
+            name = f"{mode} {backend}"
+            began = time.perf_counter()
+            fns[name]()  # compiles
+            compile_s[name] = time.perf_counter() - began
+            fns[name]()  # CUDA graphs: recorded on a later call than the compiling one
     call_ms, failed = warm_up(fns, device, plan.warmup)
     if failed:
         name, why = next(iter(failed.items()))
         raise RuntimeError(f"{name} step failed: {why}")
     stats = measure(fns, device, plan, call_ms)
-    peaks = {"reference": None, "auto": None}
-    if with_memory:
-        for name in peaks:
-            peaks[name] = peak_memory_bytes(fns[name], device) / 2**20
-    ref, auto = stats["reference"], stats["auto"]
     student, teacher = stats["student"].median, stats["teacher"].median
-    return StepResult(
-        method=method,
-        device=device.type,
-        batch=batch,
-        reference_ms=ref.median,
-        reference_p20_ms=ref.p20,
-        reference_p80_ms=ref.p80,
-        auto_ms=auto.median,
-        auto_p20_ms=auto.p20,
-        auto_p80_ms=auto.p80,
-        student_ms=student,
-        teacher_ms=teacher,
-        speedup=ref.median / auto.median,
-        distill_share_reference=(ref.median - student - teacher) / ref.median,
-        distill_share_auto=(auto.median - student - teacher) / auto.median,
-        teacher_share=teacher / auto.median,
-        peak_mib_reference=peaks["reference"],
-        peak_mib_auto=peaks["auto"],
-    )
+    rows = []
+    for mode in ("eager", *compile_modes):
+        prefix = "" if mode == "eager" else f"{mode} "
+        ref, auto = stats[prefix + "reference"], stats[prefix + "auto"]
+        peaks = {"reference": None, "auto": None}
+        if with_memory:
+            for backend in peaks:
+                peaks[backend] = peak_memory_bytes(fns[prefix + backend], device) / 2**20
+        eager = mode == "eager"
+        rows.append(
+            StepResult(
+                method=method,
+                device=device.type,
+                batch=batch,
+                reference_ms=ref.median,
+                reference_p20_ms=ref.p20,
+                reference_p80_ms=ref.p80,
+                auto_ms=auto.median,
+                auto_p20_ms=auto.p20,
+                auto_p80_ms=auto.p80,
+                student_ms=student,
+                teacher_ms=teacher,
+                speedup=ref.median / auto.median,
+                distill_share_reference=(ref.median - student - teacher) / ref.median if eager else None,
+                distill_share_auto=(auto.median - student - teacher) / auto.median if eager else None,
+                teacher_share=teacher / auto.median if eager else None,
+                peak_mib_reference=peaks["reference"],
+                peak_mib_auto=peaks["auto"],
+                mode=mode,
+                compile_s=None if eager else compile_s[prefix + "auto"],
+            )
+        )
+    return rows

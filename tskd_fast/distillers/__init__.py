@@ -10,7 +10,15 @@ next to ``kd``).
 """
 
 from tskd_fast.distillers import dtd_ka, kd, reviewkd, terms, tskd, tst, vanilla  # noqa: F401  (registration)
-from tskd_fast.distillers.base import Distiller, DistillerSetupError, LossTerm, RunInfo, StepOutputs, unwrap
+from tskd_fast.distillers.base import (
+    Distiller,
+    DistillerSetupError,
+    LossTerm,
+    RunInfo,
+    StepClock,
+    StepOutputs,
+    unwrap,
+)
 from tskd_fast.distillers.registry import (
     MethodEntry,
     TermEntry,
@@ -29,6 +37,7 @@ __all__ = [
     "LossTerm",
     "MethodEntry",
     "RunInfo",
+    "StepClock",
     "StepOutputs",
     "TermEntry",
     "build_from_config",

@@ -12,15 +12,22 @@ weighted loss terms of the config. Methods with more machinery subclass it and u
   snapshots, a method's own optimiser) so that ``--resume`` continues exactly.
 * ``run_extras(image, outputs)``: compute method outputs (e.g. adapter features) handed to the terms.
 * ``bind_run(info)``: what the run looks like (device, autocast dtype, data normalisation, folder).
+* ``step_inputs(image, target)``: random draws that choose what a step computes, made before the
+  traced part of a compiled step (tskd_fast.engine.compile) and passed to ``forward_train``.
 * Extra phases (TST's augmentation search): ``phase_passes(epoch, num_epochs)`` passes over the
   training data run before that training epoch, each a sequence of ``phase_step(image, target,
   epoch, index)`` calls between ``on_phase_pass_start`` and ``on_phase_pass_end``; the trainer
   checkpoints after every pass, so ``--resume`` continues inside a phase.
 
-This module is the bottom of the package: the loss-term contract (``LossTerm``, ``StepOutputs``)
-lives here too, and it imports no other distillers module. Methods are built through
-``registry`` (``build_method``), which merges and checks their options and checks the teacher
-before a constructor runs, so a constructor receives a complete options section.
+The loss weights times ``term_factors`` reach the step as a tensor (``loss_scales``), and a term
+reads ``outputs.epoch`` / ``outputs.progress`` from a StepClock: a compiled step then needs no
+recompilation when a schedule moves on. Decisions taken in ``on_epoch_start`` that change which
+code runs (TSKD's review epochs) compile one graph per outcome.
+
+This module is the bottom of the package: the loss-term contract (``LossTerm``, ``StepOutputs``,
+``StepClock``) lives here too, and it imports no other distillers module. Methods are built
+through ``registry`` (``build_method``), which merges and checks their options and checks the
+teacher before a constructor runs, so a constructor receives a complete options section.
 """
 
 from __future__ import annotations
@@ -44,24 +51,54 @@ class DistillerSetupError(ConfigError, ValueError):
     callers, a one-line error (exit code 2) on the command line."""
 
 
-@dataclass
+class StepClock:
+    """Where a training step is in the run: ``epoch`` (0-based) and ``progress`` (the fraction of
+    training done, in [0, 1)). A compiled step (tskd_fast.engine.compile) hands the traced code
+    this object rather than the two numbers, so the trace reads (and recompiles on) them only
+    where a loss term actually uses them."""
+
+    def __init__(self, epoch: int = 0, progress: float = 0.0) -> None:
+        self.epoch = epoch
+        self.progress = progress
+
+
 class StepOutputs:
     """What one training step produced, handed to every loss term.
 
     student_logits: (B, K); teacher_logits: (B, K) or None (no term needs the teacher);
     target: (B,) int64; student_features / teacher_features: the models' FeatureDict when a term
     asked for them, else None; extras: outputs of the distiller's own modules (adapters, ...);
-    epoch: 0-based epoch; progress: fraction of training done, in [0, 1).
+    epoch: 0-based epoch; progress: fraction of training done, in [0, 1) (both read from
+    ``clock``, a StepClock made from ``epoch`` and ``progress`` when not given).
     """
 
-    student_logits: Tensor
-    teacher_logits: Tensor | None
-    target: Tensor
-    student_features: FeatureDict | None = None
-    teacher_features: FeatureDict | None = None
-    extras: dict[str, Any] | None = None
-    epoch: int = 0
-    progress: float = 0.0
+    def __init__(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | None,
+        target: Tensor,
+        student_features: FeatureDict | None = None,
+        teacher_features: FeatureDict | None = None,
+        extras: dict[str, Any] | None = None,
+        epoch: int = 0,
+        progress: float = 0.0,
+        clock: StepClock | None = None,
+    ) -> None:
+        self.student_logits = student_logits
+        self.teacher_logits = teacher_logits
+        self.target = target
+        self.student_features = student_features
+        self.teacher_features = teacher_features
+        self.extras = extras
+        self.clock = clock if clock is not None else StepClock(epoch, progress)
+
+    @property
+    def epoch(self) -> int:
+        return self.clock.epoch
+
+    @property
+    def progress(self) -> float:
+        return self.clock.progress
 
 
 class LossTerm(nn.Module):
@@ -130,6 +167,10 @@ class Distiller(nn.Module):
         self.weights = {name: float(weight) for name, (weight, _) in terms.items()}
         # Per-epoch multipliers of the weights, set by schedules in on_epoch_start.
         self.term_factors = dict.fromkeys(self.weights, 1.0)
+        # weight * factor of each term as a tensor, which the step multiplies by: a compiled step
+        # then reads the schedule as data instead of recompiling when a factor changes.
+        self.register_buffer("_loss_scales", torch.ones(len(self.weights)), persistent=False)
+        self._scales_written: list[float] = [1.0] * len(self.weights)
         self.options = dict(options or {})
         if any(term.needs_teacher for term in self.terms.values()) and teacher is None:
             raise ValueError(f"the loss terms {list(self.weights)} need a teacher, but none was given")
@@ -176,12 +217,19 @@ class Distiller(nn.Module):
         return any(t.needs_teacher or t.needs_teacher_features for t in self.terms.values())
 
     def forward_train(
-        self, image: Tensor, target: Tensor, epoch: int = 0, progress: float = 0.0, **kwargs: Any
+        self,
+        image: Tensor,
+        target: Tensor,
+        epoch: int = 0,
+        progress: float = 0.0,
+        clock: StepClock | None = None,
+        **kwargs: Any,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """image (B, 3, H, W), target (B,) -> (student logits (B, K), {term name: weighted loss}).
 
         The losses are already multiplied by their weights (and schedule factors); the trainer
-        back-propagates their sum.
+        back-propagates their sum. ``clock`` (a StepClock) stands for ``epoch`` and ``progress``
+        when given (compiled steps pass it); ``kwargs`` are what ``step_inputs`` returned.
         """
         want_s, want_t = self.wants_features()
         s_out = self.student(image, with_features=True) if want_s else self.student(image)
@@ -199,14 +247,33 @@ class Distiller(nn.Module):
             teacher_features=t_feats,
             epoch=epoch,
             progress=progress,
+            clock=clock,
         )
         outputs.extras = self.run_extras(image, outputs)
-        losses = {
-            name: term(outputs) * (self.weights[name] * self.term_factors[name])
-            for name, term in self.terms.items()
-        }
+        scales = self.loss_scales()
+        losses = {name: term(outputs) * scales[i] for i, (name, term) in enumerate(self.terms.items())}
         losses.update(self.method_losses(image, outputs))
         return s_logits, losses
+
+    def loss_scales(self) -> Tensor:
+        """weight * term_factors of every term (in ``terms`` order), (n_terms,) float32 on the
+        distiller's device. Eager calls first write factors that changed since the last call (a
+        fill per changed value, no host read); traced code only reads the tensor, so a compiled
+        step calls this before its traced part (tskd_fast.engine.compile)."""
+        if not torch.compiler.is_compiling():
+            for i, name in enumerate(self.weights):
+                value = self.weights[name] * self.term_factors[name]
+                if value != self._scales_written[i]:
+                    self._loss_scales[i].fill_(value)
+                    self._scales_written[i] = value
+        return self._loss_scales
+
+    def step_inputs(self, image: Tensor, target: Tensor) -> dict[str, Any]:
+        """Keyword arguments of ``forward_train`` decided outside the traced part of a compiled step:
+        random draws and other choices whose values pick the code path (TST's augmentation draw).
+        ``forward_train`` makes them itself when they are not given; a compiled step gets them
+        here first, so the traced code has no such branch and no host read. None by default."""
+        return {}
 
     def wants_features(self) -> tuple[bool, bool]:
         """Whether this step needs the (student, teacher) features: by default, whether a term does."""

@@ -9,6 +9,8 @@ module registers the terms.
 
 from __future__ import annotations
 
+import math
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -81,8 +83,8 @@ class DTDKATerm(LossTerm):
 
     @property
     def last_mean_temperature(self) -> float | None:
-        tau = self.loss.last_temperature
-        return None if tau is None else float(tau.float().mean())
+        tau = float(self.loss.mean_temperature)  # NaN until the loss has run
+        return None if math.isnan(tau) else tau
 
 
 _KA = ("none", "ps", "lsr")

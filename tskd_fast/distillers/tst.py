@@ -225,13 +225,32 @@ class TSTDistiller(Distiller):
             self._pending = None
 
     # -- the student step -------------------------------------------------------------------------
+    def step_inputs(self, image: Tensor, target: Tensor) -> dict[str, Any]:
+        """The augmentation's draw for this step, packed on the image's device (see forward_train)."""
+        return {"augment_draw": self.augment.draw().packed(image.device)}
+
     def forward_train(
-        self, image: Tensor, target: Tensor, epoch: int = 0, progress: float = 0.0, **kwargs: Any
+        self,
+        image: Tensor,
+        target: Tensor,
+        epoch: int = 0,
+        progress: float = 0.0,
+        augment_draw: Tensor | None = None,
+        **kwargs: Any,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """image (B, 3, H, W), target (B,) -> (student logits of the original half (B, K), losses
-        averaged over the B original and B augmented images)."""
+        averaged over the B original and B augmented images).
+
+        augment_draw: the module's draw made beforehand (``step_inputs``, as a compiled step does):
+        every op is computed and weighted by the draw, with no branch on it; without it the module
+        draws here and runs the chosen ops only. Both consume one draw of the module's generator.
+        """
         with torch.no_grad():
-            augmented = self.augment(image).to(image.dtype)
+            if augment_draw is None:
+                augmented = self.augment(image)
+            else:
+                augmented = self.augment.forward_packed(image, augment_draw)
+            augmented = augmented.to(image.dtype)
         both = torch.cat([image, augmented])
         if (
             image.dim() == 4
@@ -239,7 +258,7 @@ class TSTDistiller(Distiller):
             and image.is_contiguous(memory_format=torch.channels_last)
         ):
             both = both.contiguous(memory_format=torch.channels_last)
-        logits, losses = super().forward_train(both, torch.cat([target, target]), epoch, progress)
+        logits, losses = super().forward_train(both, torch.cat([target, target]), epoch, progress, **kwargs)
         return logits[: image.shape[0]], losses
 
     # -- search phases ----------------------------------------------------------------------------

@@ -15,7 +15,8 @@ Top-level sections (``tskd-fast train --help-config`` prints every key with its 
   section per loss term (``distiller.kd.temperature``), plus the method's own section if any.
 * ``solver``: SGD recipe (epochs, global batch size, lr, momentum, nesterov, weight decay, multistep
   or cosine schedule, linear warmup).
-* ``trainer``: device, AMP, progress bars, TensorBoard, eval batch size, stop_after.
+* ``trainer``: device, AMP, progress bars, TensorBoard, eval batch size, stop_after, compile
+  (tskd_fast.engine.compile).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import yaml
 
 from tskd_fast.data.transforms import normalisation_problem
 from tskd_fast.distillers.base import TEACHER_BN_MODES
+from tskd_fast.engine.compile import COMPILE_MODES
 from tskd_fast.errors import ConfigError
 from tskd_fast.schema import (
     Field,
@@ -56,6 +58,8 @@ RUNTIME_KEYS = frozenset(
         "trainer.tensorboard",
         "trainer.eval_batch_size",
         "trainer.stop_after",
+        "trainer.compile",
+        "teacher.compile",
     }
 )
 
@@ -134,6 +138,12 @@ def base_schema() -> Section:
                 "the official ReviewKD / TSKD CIFAR code; the running statistics stay unchanged)",
                 choices=TEACHER_BN_MODES,
             ),
+            "compile": Field(
+                "false",
+                str,
+                "torch.compile the teacher's forward where it runs outside a compiled step",
+                choices=COMPILE_MODES,
+            ),
             "solver": _partial(_solver_section()),
         },
         "distiller": {"name": Field("kd", str, "distillation method (registry)")},
@@ -158,6 +168,12 @@ def base_schema() -> Section:
                 "stop after this many epochs in this invocation (continue with --resume)",
                 nullable=True,
                 check=positive,
+            ),
+            "compile": Field(
+                "false",
+                str,
+                "torch.compile the student's step (forward, losses, backward); reduce-overhead adds CUDA graphs",
+                choices=COMPILE_MODES,
             ),
         },
     }

@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tskd_fast.data import DataSplits, eval_loader, train_loader
 from tskd_fast.distillers import Distiller, RunInfo
 from tskd_fast.engine.amp import amp_dtype, autocast, grad_scaler
+from tskd_fast.engine.compile import compile_teacher, student_step
 from tskd_fast.engine.distributed import DistContext
 from tskd_fast.engine.evaluation import evaluate
 from tskd_fast.engine.loader_pass import phase_key, run_pass
@@ -122,6 +123,9 @@ class Trainer:
 
             # Only the student and the method's trainable modules; the frozen teacher is not wrapped.
             d.wrap_trainable(wrap)
+        # trainer.compile / teacher.compile (tskd_fast.engine.compile); the modules stay unwrapped.
+        self.step = student_step(d, self.tcfg["compile"])
+        compile_teacher(d.teacher, self.cfg["teacher"]["compile"])
 
     def _bind_run(self) -> None:
         stats = normalisation_of(self.splits.train)
@@ -275,7 +279,7 @@ class Trainer:
         """One optimiser step on a batch; returns the batch sums of the loss, of each weighted loss
         term and of the correct predictions."""
         with autocast(self.device, self.dtype):
-            logits, losses = self.distiller.forward_train(images, target, epoch=epoch, progress=progress)
+            logits, losses = self.step(images, target, epoch=epoch, progress=progress)
         loss = sum(v.float() for v in losses.values())
         optim.optimizer.zero_grad(set_to_none=True)
         optim.scaler.scale(loss).backward()

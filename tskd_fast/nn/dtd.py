@@ -59,8 +59,10 @@ class DTDKDLoss(nn.Module):
     """DTD temperatures + knowledge adjustment + KD loss (+ optional CE) in one module.
 
     The temperatures come from DTDTemperature (which sees the probability-shifted teacher when
-    ka="ps"), then the fused KD loss runs with them. The last batch's temperatures are kept in
-    `last_temperature` for logging.
+    ka="ps"), then the fused KD loss runs with them. For logging, eager calls keep the last
+    batch's temperatures in `last_temperature`, and every call (compiled ones too) writes their
+    mean into the buffer `mean_temperature` (NaN before the first call), on the device, without
+    a host read.
 
     ka defaults to "ps", as the ``dtd_ka`` loss term: "Preparing Lessons" trains with knowledge
     adjustment and dynamic temperatures together, and the probability shift is the adjustment that
@@ -91,13 +93,21 @@ class DTDKDLoss(nn.Module):
         self.ce_weight, self.ignore_index = ce_weight, ignore_index
         self.reduction, self.backend = reduction, backend
         self.last_temperature: torch.Tensor | None = None
+        self.register_buffer("mean_temperature", torch.tensor(float("nan")), persistent=False)
 
     def forward(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor | None = None
     ) -> torch.Tensor:
         tau = self.temperature(student_logits, teacher_logits, target)
         if not torch.compiler.is_compiling():
+            # A compiled step's output tensors are reused by the next step (CUDA graphs): only
+            # eager calls keep a reference; the mean is copied into a buffer either way.
             self.last_temperature = tau
+        mean = tau.detach().mean().float()
+        if self.mean_temperature.device == mean.device:
+            self.mean_temperature.copy_(mean)
+        else:  # a module left on another device than its inputs: no cross-device copy per call
+            self.mean_temperature = mean
         return F.kd_loss(
             student_logits,
             teacher_logits,

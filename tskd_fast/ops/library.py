@@ -37,6 +37,10 @@ def declare(spec: OpSpec) -> OpSpec:
     SPECS[spec.name] = spec
     if "cpp" in spec.kernels and _extension.has_cpu_kernels():
         torch.library.register_fake(spec.qualname, _checked_fake(spec))
+        # Known before any call: a compiled step that filled this on its first trace would be
+        # guarded on the key's absence and traced a second time on its next call.
+        op = getattr(torch.ops.tskd_fast, spec.name).default
+        _OPS[("cpu", spec.name)] = _OPS[("cuda", spec.name)] = op
     return spec
 
 
@@ -130,6 +134,14 @@ def _define(spec: OpSpec, name: str, checked: Callable, device_types, backend: s
     overload = getattr(torch.ops.tskd_fast, name).default
     _OPS[(backend, spec.name)] = overload
     return overload
+
+
+def define_triton_ops() -> None:
+    """Define the Triton op of every declared spec now, as its first use would (importing its
+    family's tskd_fast.ops.triton module; needs triton). A first use inside torch.compile's tracing
+    would trace that definition and break the graph there: compiled steps call this first."""
+    for family in sorted({spec.family for spec in SPECS.values()}):
+        importlib.import_module(f"tskd_fast.ops.triton.{family}")
 
 
 def _outputs_without_gradient(ctx, inputs, output) -> None:

@@ -45,4 +45,22 @@ def cutout(x: Tensor, top: int, left: int, size: int, fill: Tensor) -> Tensor:
     return torch.where(mask, fill.to(x.dtype).view(1, -1, 1, 1), x)
 
 
-__all__ = ["cutout", "equalize", "invert"]
+def cutout_at(x: Tensor, centre: Tensor, size: int, fill: Tensor) -> Tensor:
+    """``cutout`` with the centre given as a (2,) tensor of fractions of (H, W) on x's device: the
+    window's pixel (floor(centre[0] * H), floor(centre[1] * W)) and its edges are computed on the
+    device, so the call reads nothing on the host (traceable by torch.compile, capturable in a
+    CUDA graph) and gives ``cutout``'s window for the same centre."""
+    h, w = x.shape[2:]
+
+    def inside(fraction: Tensor, side: int) -> Tensor:
+        # float64: a float32 fraction times the side is exact there, so the floor is int(c * side).
+        pixel = torch.floor(fraction.to(torch.float64) * side)
+        start, stop = (pixel - size // 2).clamp_min(0), (pixel + size // 2).clamp_max(side)
+        index = torch.arange(side, device=x.device, dtype=torch.float64)
+        return (index >= start) & (index < stop)
+
+    mask = (inside(centre[0], h)[:, None] & inside(centre[1], w)[None, :]).view(1, 1, h, w)
+    return torch.where(mask, fill.to(x.dtype).view(1, -1, 1, 1), x)
+
+
+__all__ = ["cutout", "cutout_at", "equalize", "invert"]

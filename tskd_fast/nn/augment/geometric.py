@@ -27,8 +27,12 @@ def warp(x: Tensor, inverse: Tensor) -> Tensor:
     output pixel (u, v) to the input pixel (a u + b v + tx, c u + d v + ty), both relative to the
     image centre; bilinear, zeros outside the image."""
     b, c, h, w = x.shape
-    scale = x.new_tensor([[1.0, h / w, 2.0 / w], [w / h, 1.0, 2.0 / h]])
-    theta = (inverse * scale).unsqueeze(0)
+    # Scaled by Python numbers, not by a tensor made from a list: that would be a host-to-device
+    # copy, which a CUDA graph cannot capture.
+    (a, b_, tx), (c_, d, ty) = inverse[0].unbind(), inverse[1].unbind()
+    theta = torch.stack(
+        [torch.stack([a, b_ * (h / w), tx * (2.0 / w)]), torch.stack([c_ * (w / h), d, ty * (2.0 / h)])]
+    ).unsqueeze(0)
     # One map for the whole batch: build the grid once (affine_grid's batched matmul is slow on the
     # CPU) and share it across the batch.
     grid = F.affine_grid(theta, [1, c, h, w], align_corners=False).expand(b, h, w, 2)

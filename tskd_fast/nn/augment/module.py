@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tskd_fast.nn.augment.fixed import cutout, equalize, invert
+from tskd_fast.nn.augment.fixed import cutout, cutout_at, equalize, invert
 from tskd_fast.nn.augment.ops import ALL_OPS, OPS
 
 # CIFAR-100's per-channel statistics (those of tskd_fast.data.transforms).
@@ -30,6 +30,15 @@ class AugmentationDraw:
     signs: Tensor  # (n_ops,) float32, CPU
     uniform: Tensor  # (n_ops,) float32 in (0, 1), CPU
     centre: tuple[float, float]
+
+    def packed(self, device: torch.device | str | None = None) -> Tensor:
+        """The draw as one float32 tensor (3 * n_ops + 2,) on ``device`` (default CPU): a mask of
+        the chosen ops (1 chosen, 0 not), the signs, the uniforms and the cutout centre; what
+        ``LearnedAugmentation.forward_packed`` reads. One host-to-device copy, asynchronous."""
+        chosen = torch.zeros(self.signs.numel())
+        chosen[list(self.chosen)] = 1.0
+        out = torch.cat([chosen, self.signs, self.uniform, torch.tensor(self.centre, dtype=torch.float32)])
+        return out if device is None else out.to(device, non_blocking=True)
 
 
 def _logit(p: float) -> float:
@@ -213,24 +222,65 @@ class LearnedAugmentation(nn.Module):
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         self._check_input(x)
         d = self.draw(generator)
+        h, w = x.shape[2:]
+        top_left = (int(d.centre[0] * h), int(d.centre[1] * w))
+        return self._combine(x, d.chosen, None, d.signs, d.uniform, top_left)
+
+    def forward_packed(self, x: Tensor, packed: Tensor) -> Tensor:
+        """The augmentation of a draw made beforehand: ``packed`` is ``draw().packed(x.device)``.
+
+        Every op is computed and the ones not chosen are weighted by zero, so the call has no
+        branch on the draw and reads nothing on the host: torch.compile traces it into one graph
+        for every draw, and a CUDA graph can capture it (the draw an input updated between
+        replays). Gives ``forward``'s result for the same draw (up to the order of the sum), at the
+        cost of the ops not chosen; ``forward`` runs only the chosen ones. Gradients as ``forward``.
+        """
+        self._check_input(x)
+        n = len(self.ops)
+        if not isinstance(packed, Tensor) or packed.shape != (3 * n + 2,):
+            shape = tuple(packed.shape) if isinstance(packed, Tensor) else type(packed).__name__
+            raise ValueError(
+                f"packed must be a draw packed by AugmentationDraw.packed, shape ({3 * n + 2},) for "
+                f"{n} ops, got {shape}"
+            )
+        if packed.device != x.device:
+            raise ValueError(f"packed is on {packed.device} but x is on {x.device}")
+        chosen, signs, uniform, centre = packed.float().split([n, n, n, 2])
+        return self._combine(x, range(n), chosen, signs, uniform, centre)
+
+    def _combine(
+        self,
+        x: Tensor,
+        ops: Sequence[int],
+        weights: Tensor | None,
+        signs: Tensor,
+        uniform: Tensor,
+        cutout_centre: tuple[int, int] | Tensor,
+    ) -> Tensor:
+        """x + sum over ``ops`` of p_k (op_k(x) - x) (times weights[k] when given), in pixel units.
+        ``cutout_centre``: the cutout centre as pixel indices (ints) or fractions (a (2,) tensor)."""
         with torch.autocast(device_type=x.device.type, enabled=False):
             xf = x if x.dtype == torch.float64 else x.float()
             _, c, h, w = xf.shape
             mean = self.mean.to(xf.dtype).view(1, c, 1, 1)
             std = self.std.to(xf.dtype).view(1, c, 1, 1)
             pixels = xf * std + mean
-            noise = (torch.log(d.uniform) - torch.log1p(-d.uniform)).to(xf.device, non_blocking=True)
+            noise = (torch.log(uniform) - torch.log1p(-uniform)).to(xf.device, non_blocking=True)
             p = torch.sigmoid((self.relaxed_logits().to(xf.dtype) + noise) / self.temperature)
+            if weights is not None:
+                p = p * weights.to(p.dtype)
             magnitudes = self.magnitudes.to(xf.dtype)
-            signs = d.signs.to(xf.device, xf.dtype, non_blocking=True)
+            signs = signs.to(xf.device, xf.dtype, non_blocking=True)
             delta = torch.zeros_like(pixels)
-            for k in d.chosen:
+            for k in ops:
                 name = self.ops[k]
                 spec = OPS[name]
                 if name == "cutout":
                     size = self.cutout_size or max(h, w)
-                    top, left = int(d.centre[0] * h), int(d.centre[1] * w)
-                    y = cutout(pixels, top, left, size, self.mean)
+                    if isinstance(cutout_centre, Tensor):
+                        y = cutout_at(pixels, cutout_centre, size, self.mean)
+                    else:
+                        y = cutout(pixels, cutout_centre[0], cutout_centre[1], size, self.mean)
                 elif name == "equalize":
                     y = equalize(pixels)
                 elif name == "invert":
