@@ -252,10 +252,13 @@ def _bench_section(out_dir: Path, lines: list[str]) -> bool:
 
 def _step_lines(steps: list[dict]) -> list[str]:
     """One line per training-step row: method, device, mode (eager or the compile mode), batch,
-    the reference and fused steps' medians, the ratio, and the compiled step's first call."""
+    the reference and fused steps' medians, the ratio, the compiled step's first call and the
+    graph breaks torch.compile counted in the reference / fused step."""
     lines = []
     for step in steps:
         compiled = f", compiled in {step['compile_s']:.0f} s" if step.get("compile_s") is not None else ""
+        if step.get("graph_breaks_auto") is not None:
+            compiled += f", graph breaks {step['graph_breaks_reference']} / {step['graph_breaks_auto']}"
         lines.append(
             f"  step {step['method']:<9} {step['device']} {step.get('mode', 'eager'):<15} batch {step['batch']:<3}: "
             f"reference {step['reference_ms']:.1f} ms, auto {step['auto_ms']:.1f} ms ({step['speedup']:.2f}x){compiled}"

@@ -245,6 +245,9 @@ def test_compiled_steps_are_timed_beside_the_eager_ones_in_one_run(monkeypatch):
     torch._dynamo.reset()
     assert (eager.mode, compiled.mode) == ("eager", "default")
     assert counter.frame_count == 2  # one graph with the reference ops, one with the fused ones
+    assert (compiled.graphs_reference, compiled.graphs_auto) == (1, 1)
+    assert (compiled.graph_breaks_reference, compiled.graph_breaks_auto) == (0, 0)
+    assert eager.graph_breaks_auto is None
     assert compiled.compile_s > 0 and compiled.reference_ms > 0 and compiled.auto_ms > 0
     assert compiled.distill_share_auto is None and eager.distill_share_auto is not None
     with pytest.raises(ValueError, match="compile mode"):
@@ -253,3 +256,23 @@ def test_compiled_steps_are_timed_beside_the_eager_ones_in_one_run(monkeypatch):
         from tskd_fast.bench.cli import _step_modes, build_parser
 
         _step_modes(build_parser().parse_args(["--step-compile", "fast"]))
+
+
+def test_graph_breaks_and_graphs_are_counted():
+    def broken(x):
+        x = x + 1
+        torch._dynamo.graph_break()
+        return x * 2
+
+    def whole(x):
+        return (x + 1) * 2
+
+    torch._dynamo.reset()
+    x = torch.ones(3)
+    with steps.counting_graphs() as counted:
+        torch.compile(broken, backend="eager")(x)
+    assert counted == {"breaks": 1, "graphs": 2}
+    with steps.counting_graphs() as counted:
+        torch.compile(whole, backend="eager")(x)
+    assert counted == {"breaks": 0, "graphs": 1}
+    torch._dynamo.reset()

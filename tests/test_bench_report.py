@@ -31,13 +31,14 @@ def test_tables_show_medians_ranges_ratios_and_shares():
         "| kd_loss | 4096x1000 | float32 | cpu | cpu | 2.000 (1.800-2.200) | 10.00x | 4.00x | 3.0 | 6.0 | 50% | 12.5 |"
     )
     compiled = StepResult("kd", "cpu", 64, 150.0, 140.0, 160.0, 90.0, 85.0, 95.0, 40.0, 50.0, 1.667, None, None,
-                          None, 310.0, 260.0, mode="default", compile_s=61.4)  # fmt: skip
+                          None, 310.0, 260.0, mode="default", compile_s=61.4, graph_breaks_reference=0,
+                          graph_breaks_auto=2, graphs_reference=1, graphs_auto=3)  # fmt: skip
     steps = report.step_table([_step(), compiled]).splitlines()
     assert steps[2] == (
-        "| kd | cpu | eager | 64 | 200.0 (190.0-210.0) | 100.0 (95.000-105.0) | 2.00x | 55% / 10% | 50% | 300 / 250 |  |"
+        "| kd | cpu | eager | 64 | 200.0 (190.0-210.0) | 100.0 (95.000-105.0) | 2.00x | 55% / 10% | 50% | 300 / 250 |  |  |"
     )
     assert steps[3] == (
-        "| kd | cpu | default | 64 | 150.0 (140.0-160.0) | 90.000 (85.000-95.000) | 1.67x |  |  | 310 / 260 | 61 |"
+        "| kd | cpu | default | 64 | 150.0 (140.0-160.0) | 90.000 (85.000-95.000) | 1.67x |  |  | 310 / 260 | 61 | 0 / 2 |"
     )
 
 

@@ -255,7 +255,16 @@ def test_summary_lists_the_step_timings_and_the_cuda_graph_checks(tmp_path, caps
     rows = [
         dict(eager, mode="eager", compile_s=None),
         dict(eager, mode="default", reference_ms=6.0, auto_ms=5.0, speedup=1.2, compile_s=31.0),
-        dict(eager, mode="reduce-overhead", reference_ms=3.0, auto_ms=2.0, speedup=1.5, compile_s=35.0),
+        dict(
+            eager,
+            mode="reduce-overhead",
+            reference_ms=3.0,
+            auto_ms=2.0,
+            speedup=1.5,
+            compile_s=35.0,
+            graph_breaks_reference=0,
+            graph_breaks_auto=0,
+        ),
     ]
     (tmp_path / "steps-kd.json").write_text(json.dumps({"steps": rows, "notes": []}))
     (tmp_path / "steps-tst.json").write_text(
@@ -266,7 +275,7 @@ def test_summary_lists_the_step_timings_and_the_cuda_graph_checks(tmp_path, caps
     text = capsys.readouterr().out
     assert "CUDA-graph capture and host-sync checks (tests/test_cuda_graphs.py): 1 passed, 1 failed" in text
     assert (
-        "step kd        cuda reduce-overhead batch 64 : reference 3.0 ms, auto 2.0 ms (1.50x), compiled in 35 s"
-        in text
+        "step kd        cuda reduce-overhead batch 64 : reference 3.0 ms, auto 2.0 ms (1.50x), compiled in 35 s, "
+        "graph breaks 0 / 0" in text
     )
     assert "step kd        cuda eager" in text and "note: step tst cuda: failed: boom" in text

@@ -46,9 +46,10 @@ def step_table(rows: Sequence[StepResult]) -> str:
     """A markdown table of the whole-step rows (one per method, device and mode)."""
     head = (
         "| method | device | mode | batch | step ms reference (p20-p80) | step ms auto (p20-p80) | speed-up "
-        "| distillation share ref / auto | teacher share | peak MiB ref / auto | compile s |"
+        "| distillation share ref / auto | teacher share | peak MiB ref / auto | compile s "
+        "| graph breaks ref / auto |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         peaks = (
             ""
@@ -62,10 +63,15 @@ def step_table(rows: Sequence[StepResult]) -> str:
         )
         teacher = "" if r.teacher_share is None else f"{100 * r.teacher_share:.0f}%"
         compiled = "" if r.compile_s is None else f"{r.compile_s:.0f}"
+        breaks = (
+            ""
+            if r.graph_breaks_reference is None or r.graph_breaks_auto is None
+            else f"{r.graph_breaks_reference} / {r.graph_breaks_auto}"
+        )
         lines.append(
             f"| {r.method} | {r.device} | {r.mode} | {r.batch} | {_ms(r.reference_ms)} ({_ms(r.reference_p20_ms)}-"
             f"{_ms(r.reference_p80_ms)}) | {_ms(r.auto_ms)} ({_ms(r.auto_p20_ms)}-{_ms(r.auto_p80_ms)}) | "
-            f"{r.speedup:.2f}x | {shares} | {teacher} | {peaks} | {compiled} |"
+            f"{r.speedup:.2f}x | {shares} | {teacher} | {peaks} | {compiled} | {breaks} |"
         )
     return "\n".join(lines)
 

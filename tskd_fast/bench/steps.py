@@ -15,9 +15,10 @@ step); it is given for the eager steps.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
@@ -35,7 +36,9 @@ TEACHER, STUDENT, CLASSES = "resnet32x4", "resnet8x4", 100
 class StepResult:
     """One method's row for one mode ("eager", or the compile mode of both steps): medians in ms
     (p20/p80 of the two full steps), shares of the auto step (eager rows only), the seconds the
-    compiled auto step's first call took (compiling it)."""
+    compiled auto step's first call took (compiling it), and for compiled rows the graph breaks and
+    graphs torch.compile counted while compiling each step (0 breaks and 1 graph when the whole
+    step traced as one)."""
 
     method: str
     device: str
@@ -56,6 +59,10 @@ class StepResult:
     peak_mib_auto: float | None
     mode: str = "eager"
     compile_s: float | None = None
+    graph_breaks_reference: int | None = None
+    graph_breaks_auto: int | None = None
+    graphs_reference: int | None = None
+    graphs_auto: int | None = None
 
 
 def method_config(method: str) -> dict:
@@ -206,6 +213,21 @@ def build_step(
     return fns
 
 
+@contextlib.contextmanager
+def counting_graphs() -> Iterator[dict[str, int]]:
+    """Counts, into the dict it yields, the graph breaks and the graphs torch.compile makes in the
+    block (dynamo's own counters, cleared on entry; a break inside a library frame counts too)."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    counted = {"breaks": 0, "graphs": 0}
+    try:
+        yield counted
+    finally:
+        counted["breaks"] = sum(counters["graph_break"].values())
+        counted["graphs"] = counters["stats"]["unique_graphs"]
+
+
 def run_method(
     method: str,
     device: torch.device,
@@ -217,13 +239,15 @@ def run_method(
     """Time one method's step (see the module docstring): the eager row, then one row per compile
     mode, all from one alternating measurement. Raises on a method that cannot step."""
     fns = build_step(method, device, batch, compile_modes)
-    compile_s = {}
+    compile_s, traced = {}, {}
     for mode in compile_modes:
         for backend in ("reference", "auto"):
             name = f"{mode} {backend}"
             began = time.perf_counter()
-            fns[name]()  # compiles
+            with counting_graphs() as counted:
+                fns[name]()  # compiles
             compile_s[name] = time.perf_counter() - began
+            traced[name] = counted
             fns[name]()  # CUDA graphs: recorded on a later call than the compiling one
     call_ms, failed = warm_up(fns, device, plan.warmup)
     if failed:
@@ -261,6 +285,10 @@ def run_method(
                 peak_mib_auto=peaks["auto"],
                 mode=mode,
                 compile_s=None if eager else compile_s[prefix + "auto"],
+                graph_breaks_reference=None if eager else traced[prefix + "reference"]["breaks"],
+                graph_breaks_auto=None if eager else traced[prefix + "auto"]["breaks"],
+                graphs_reference=None if eager else traced[prefix + "reference"]["graphs"],
+                graphs_auto=None if eager else traced[prefix + "auto"]["graphs"],
             )
         )
     return rows
