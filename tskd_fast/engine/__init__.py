@@ -6,6 +6,7 @@ pass over the training loader, for epochs and phase passes), ``evaluation`` (tes
 ``run_state`` (what a checkpoint holds and the files written from it), ``run_dir`` (start, resume
 or reuse a run folder), ``checkpoint`` (atomic files), ``distributed``, ``amp``, ``optim``,
 ``rng``, ``logs``, ``normalisation``, ``peak_memory``, ``build`` (config -> models and distiller),
+``compile`` (``trainer.compile`` / ``teacher.compile``: the step under torch.compile),
 and the commands beside training: ``checkpoint_eval`` (``tskd-fast eval``) and ``compare``
 (``tskd-fast compare``).
 """

@@ -20,11 +20,18 @@ What stays outside the traced code by design, run eagerly before it each step:
 * the epoch and progress reach the loss terms through a ``StepClock``: the trace reads them only
   where a term uses them;
 * decisions taken once per epoch in ``on_epoch_start`` stay Python values the graph is specialised
-  on: TSKD's review epochs run one graph, its other epochs another (two compilations per run).
+  on: TSKD's review epochs run one graph, its other epochs another (two compilations per run);
+* under DDP (torchrun), the forward wrapper of each DDP-wrapped module (its reducer and logger)
+  runs eagerly between graphs, as torch designs DDP under torch.compile; the module inside is
+  traced, and Dynamo's DDPOptimizer splits its graph at DDP's gradient buckets.
 
 Shapes are static (``dynamic=False``): the training loader drops its last partial batch, so one
 batch shape is compiled. The modules are not wrapped, so state dicts, checkpoints and ``--resume``
 are those of an eager run (no ``_orig_mod.`` prefix), and DDP wraps the student as usual.
+
+Outside the step, eagerly: the optimiser step, data loading, logging (the DTD temperature, the
+progress bar's loss), evaluation (compiled only by ``teacher.compile`` for the teacher) and TST's
+search phases.
 """
 
 from __future__ import annotations
