@@ -252,16 +252,19 @@ def _bench_section(out_dir: Path, lines: list[str]) -> bool:
 
 def _step_lines(steps: list[dict]) -> list[str]:
     """One line per training-step row: method, device, mode (eager or the compile mode), batch,
-    the reference and fused steps' medians, the ratio, the compiled step's first call and the
-    graph breaks torch.compile counted in the reference / fused step."""
+    the reference and fused steps' medians, the ratio (and the median of the rounds' ratios), the
+    compiled step's first call and the graph breaks torch.compile counted in the reference / fused
+    step."""
     lines = []
     for step in steps:
         compiled = f", compiled in {step['compile_s']:.0f} s" if step.get("compile_s") is not None else ""
+        paired = f", paired {step['paired_speedup']:.2f}x" if step.get("paired_speedup") is not None else ""
         if step.get("graph_breaks_auto") is not None:
             compiled += f", graph breaks {step['graph_breaks_reference']} / {step['graph_breaks_auto']}"
         lines.append(
             f"  step {step['method']:<9} {step['device']} {step.get('mode', 'eager'):<15} batch {step['batch']:<3}: "
-            f"reference {step['reference_ms']:.1f} ms, auto {step['auto_ms']:.1f} ms ({step['speedup']:.2f}x){compiled}"
+            f"reference {step['reference_ms']:.1f} ms, auto {step['auto_ms']:.1f} ms ({step['speedup']:.2f}x{paired})"
+            f"{compiled}"
         )
     return lines
 
@@ -335,6 +338,10 @@ def summary(out_dir: Path) -> int:
         ok = _steps_section(out_dir, lines) and ok
     lines.append("host cost (forward + backward on tiny tensors, 20th percentile):")
     ok = _overhead_section(out_dir, lines) and ok
+    draws = out_dir / "tst-draws.log"
+    if "tst-draws" in phases and draws.exists():
+        lines.append("tst step, reference / fused ratio with shared and with the same random draws:")
+        lines += [f"  {line.strip()}" for line in draws.read_text().splitlines() if "draws" in line]
     lines.append(f"verdict: {'PASS' if ok else 'FAIL'} (logs in {out_dir})")
     text = "\n".join(lines) + "\n"
     (out_dir / "summary.txt").write_text(text)

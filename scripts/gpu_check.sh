@@ -12,7 +12,8 @@
 #      (forward + backward on tiny tensors, fused and eager against the floor of autograd);
 #   5. time every method's whole training step eager, compiled and compiled with CUDA graphs
 #      (reduce-overhead), reference and fused ops, one bench run per method (steps-<method>.json);
-#   6. profile the tst training step with and without the fused ops, eager and compiled (profile-tst.log);
+#   6. profile the tst training step with and without the fused ops, eager and compiled (profile-tst.log),
+#      and time it with shared and with the same random draws (tst-draws.log);
 #   7. print one summary: tests passed/failed/skipped per backend, the CUDA-graph and sync checks,
 #      each op's time and bandwidth share, each op's host cost, each method's step times.
 # Uses the system python3 and whatever it has installed (no venv, no network, installs nothing).
@@ -136,7 +137,8 @@ fi
 # --- 3. timings of the ops -----------------------------------------------------------------------
 OVERHEAD_RESERVE=45
 STEPS_RESERVE=300
-PROFILE_RESERVE=90
+DRAWS_RESERVE=60
+PROFILE_RESERVE=$(( 90 + DRAWS_RESERVE ))
 OPS="$("$PY" -c 'from tskd_fast.bench.cases import FAMILIES; print(",".join(FAMILIES))' 2>> "$LOG")"
 LIMIT=$(( $(left) - OVERHEAD_RESERVE - STEPS_RESERVE - PROFILE_RESERVE ))
 if [ "$LIMIT" -lt 30 ]; then LIMIT=30; fi
@@ -168,14 +170,23 @@ for METHOD in $STEP_METHODS; do
 done
 
 # --- 6. profile of the tst step ------------------------------------------------------------------
-# The first GPU run timed the tst step 2.8x slower with the fused ops than without; the profile
-# of both, eager and compiled (profile-tst.log), says where the time goes.
-LIMIT=$(( $(left) - 10 ))
+# The first GPU run timed the tst step 2.8x slower with the fused ops than without, in a bench that
+# then let the two steps draw different random augmentations. tst-draws.log repeats that quick
+# measurement with shared and with the same draws (benchmarks/tst_draws.py); the profile of both
+# steps, eager and compiled (profile-tst.log), says where the time goes.
+LIMIT=$(( $(left) - DRAWS_RESERVE - 10 ))
 if [ "$LIMIT" -ge 30 ]; then
   run_phase profile-tst "$LIMIT" "$OUT_DIR/profile-tst.log" \
     "$PY" "$REPO/scripts/profile_step.py" tst --device "$DEVICE" --batch 8 --compile default
 else
   record profile-tst skipped 0 "no time left"
+fi
+LIMIT=$(( $(left) - 10 ))
+if [ "$LIMIT" -ge 30 ]; then
+  run_phase tst-draws "$LIMIT" "$OUT_DIR/tst-draws.log" \
+    "$PY" "$REPO/benchmarks/tst_draws.py" --device "$DEVICE" --batch 8 --trials 5 --draws 20
+else
+  record tst-draws skipped 0 "no time left"
 fi
 
 # --- 7. summary ---------------------------------------------------------------------------------

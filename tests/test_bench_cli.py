@@ -165,7 +165,9 @@ def test_the_step_is_timed_in_the_last_epoch_or_last_review_epoch_after_the_hook
     assert started == [(e, epochs) for e in range(epochs)] and ended == list(range(epochs - 1))
 
 
-def test_the_reference_and_auto_steps_of_tst_draw_the_same_augmentations(monkeypatch):
+@pytest.mark.parametrize("same_draws", [True, False])
+def test_the_reference_and_auto_steps_of_tst_draw_the_same_augmentations(monkeypatch, same_draws):
+    """With same_draws=False (benchmarks/tst_draws.py: how the bench once drew) they differ."""
     from tskd_fast.nn.augment import LearnedAugmentation
 
     monkeypatch.setattr(steps, "TEACHER", "resnet8")
@@ -179,12 +181,12 @@ def test_the_reference_and_auto_steps_of_tst_draw_the_same_augmentations(monkeyp
         return draw
 
     monkeypatch.setattr(LearnedAugmentation, "draw", recording_draw)
-    fns = steps.build_step("tst", torch.device("cpu"), batch=2)
+    fns = steps.build_step("tst", torch.device("cpu"), batch=2, same_draws=same_draws)
     for name in ("reference", "reference", "auto", "reference", "auto", "auto"):
         fns[name]()
     reference_draws = [drawn[i] for i in (0, 1, 3)]
     auto_draws = [drawn[i] for i in (2, 4, 5)]
-    assert reference_draws == auto_draws
+    assert (reference_draws == auto_draws) == same_draws
     assert len(set(reference_draws)) > 1  # the stream moves on from step to step
 
 

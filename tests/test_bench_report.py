@@ -32,13 +32,14 @@ def test_tables_show_medians_ranges_ratios_and_shares():
     )
     compiled = StepResult("kd", "cpu", 64, 150.0, 140.0, 160.0, 90.0, 85.0, 95.0, 40.0, 50.0, 1.667, None, None,
                           None, 310.0, 260.0, mode="default", compile_s=61.4, graph_breaks_reference=0,
-                          graph_breaks_auto=2, graphs_reference=1, graphs_auto=3)  # fmt: skip
+                          graph_breaks_auto=2, graphs_reference=1, graphs_auto=3, paired_speedup=1.6,
+                          paired_speedup_p20=1.55, paired_speedup_p80=1.7)  # fmt: skip
     steps = report.step_table([_step(), compiled]).splitlines()
     assert steps[2] == (
-        "| kd | cpu | eager | 64 | 200.0 (190.0-210.0) | 100.0 (95.000-105.0) | 2.00x | 55% / 10% | 50% | 300 / 250 |  |  |"
+        "| kd | cpu | eager | 64 | 200.0 (190.0-210.0) | 100.0 (95.000-105.0) | 2.00x |  | 55% / 10% | 50% | 300 / 250 |  |  |"
     )
     assert steps[3] == (
-        "| kd | cpu | default | 64 | 150.0 (140.0-160.0) | 90.000 (85.000-95.000) | 1.67x |  |  | 310 / 260 | 61 | 0 / 2 |"
+        "| kd | cpu | default | 64 | 150.0 (140.0-160.0) | 90.000 (85.000-95.000) | 1.67x | 1.60x (1.55-1.70) |  |  | 310 / 260 | 61 | 0 / 2 |"
     )
 
 

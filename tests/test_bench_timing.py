@@ -10,7 +10,15 @@ import torch
 
 from tskd_fast.bench.bandwidth import copy_bandwidth
 from tskd_fast.bench.memory import peak_memory_bytes
-from tskd_fast.bench.timing import Plan, measure, percentile, quiet_compile_workers, summarize, warm_up
+from tskd_fast.bench.timing import (
+    Plan,
+    measure,
+    paired_ratios,
+    percentile,
+    quiet_compile_workers,
+    summarize,
+    warm_up,
+)
 
 CPU = torch.device("cpu")
 
@@ -23,6 +31,19 @@ def test_percentiles_interpolate_between_samples():
     assert percentile([7.0], 0.8) == 7.0
     stats = summarize([5.0, 1.0, 3.0, 2.0, 4.0], inner=4)
     assert (stats.median, stats.p20, stats.p80, stats.samples, stats.inner) == (3.0, 1.8, 4.2, 5, 4)
+    assert stats.values == (5.0, 1.0, 3.0, 2.0, 4.0)  # in the order taken
+
+
+def test_paired_ratios_divide_round_by_round():
+    # A slow period (rounds 3 and 4) moves both alike: every round's ratio is 2.
+    slow = summarize([2.0, 2.2, 8.0, 9.0, 2.1])
+    fast = summarize([1.0, 1.1, 4.0, 4.5, 1.05])
+    paired = paired_ratios(slow, fast)
+    assert paired.values == pytest.approx((2.0,) * 5) and paired.median == pytest.approx(2.0)
+    # Rounds are paired in order, not by rank.
+    assert paired_ratios(summarize([1.0, 3.0]), summarize([2.0, 1.0])).values == (0.5, 3.0)
+    with pytest.raises(ValueError, match="same rounds"):
+        paired_ratios(slow, summarize([1.0]))
 
 
 def test_thread_time_counts_the_threads_cpu_time_not_the_wait():

@@ -264,18 +264,28 @@ def test_summary_lists_the_step_timings_and_the_cuda_graph_checks(tmp_path, caps
             compile_s=35.0,
             graph_breaks_reference=0,
             graph_breaks_auto=0,
+            paired_speedup=1.46,
         ),
     ]
     (tmp_path / "steps-kd.json").write_text(json.dumps({"steps": rows, "notes": []}))
     (tmp_path / "steps-tst.json").write_text(
         json.dumps({"steps": [], "notes": ["step tst cuda: failed: boom"]})
     )
-    (tmp_path / "phases.tsv").write_text("tests\tok\t200\t\nbench\tok\t90\t\nsteps-kd\tok\t100\t\n")
+    (tmp_path / "phases.tsv").write_text(
+        "tests\tok\t200\t\nbench\tok\t90\t\nsteps-kd\tok\t100\t\ntst-draws\tok\t40\t\n"
+    )
+    (tmp_path / "tst-draws.log").write_text(
+        "tst step, batch 8, cuda: ratio reference / fused, quick plan, 5 trials\n"
+        "  shared draws: 0.40x 2.10x  (range 0.40x-2.10x)\n"
+        "  same draws  : 1.01x 0.99x  (range 0.99x-1.01x)\n"
+    )
     assert gpu_check.summary(tmp_path) == 1  # a failed capture test, and a method without a step row
     text = capsys.readouterr().out
     assert "CUDA-graph capture and host-sync checks (tests/test_cuda_graphs.py): 1 passed, 1 failed" in text
     assert (
-        "step kd        cuda reduce-overhead batch 64 : reference 3.0 ms, auto 2.0 ms (1.50x), compiled in 35 s, "
+        "step kd        cuda reduce-overhead batch 64 : reference 3.0 ms, auto 2.0 ms (1.50x, paired 1.46x), "
+        "compiled in 35 s, "
         "graph breaks 0 / 0" in text
     )
     assert "step kd        cuda eager" in text and "note: step tst cuda: failed: boom" in text
+    assert "  shared draws: 0.40x 2.10x  (range 0.40x-2.10x)" in text

@@ -66,12 +66,16 @@ def build_parser(prog: str = "tskd-fast bench") -> argparse.ArgumentParser:
     parser.add_argument(
         "--plot", metavar="PATH", help="chart of the speed-ups: .svg always, .png and others with matplotlib"
     )
-    parser.add_argument("--repeat", type=int, help="timed rounds per case (default 20, quick 10)")
-    parser.add_argument("--warmup", type=int, help="warm-up calls per implementation (default 3, quick 2)")
+    parser.add_argument(
+        "--repeat", type=int, help="timed rounds per case (default 20, quick 10; steps 10, quick 3)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, help="warm-up calls per implementation (default 3, quick 2; steps 2, quick 1)"
+    )
     parser.add_argument(
         "--max-seconds",
         type=float,
-        help="stop a case's rounds after this long, 5 rounds at least (default 10)",
+        help="stop a case's rounds after this long, 5 rounds at least (default 10; steps 60, quick 4)",
     )
     parser.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's, all cores; 1 with --overhead)"
@@ -179,10 +183,10 @@ def _plans(args: argparse.Namespace) -> tuple[Plan, Plan]:
         cold=args.cold,
     )
     steps = Plan(
-        warmup=1 if quick else 2,
-        repeat=3 if quick else 10,
+        warmup=args.warmup if args.warmup is not None else (1 if quick else 2),
+        repeat=args.repeat if args.repeat is not None else (3 if quick else 10),
         min_repeat=3 if quick else 5,
-        max_seconds=4.0 if quick else 60.0,
+        max_seconds=args.max_seconds if args.max_seconds is not None else (4.0 if quick else 60.0),
     )
     return ops, steps
 

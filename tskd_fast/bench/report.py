@@ -46,10 +46,10 @@ def step_table(rows: Sequence[StepResult]) -> str:
     """A markdown table of the whole-step rows (one per method, device and mode)."""
     head = (
         "| method | device | mode | batch | step ms reference (p20-p80) | step ms auto (p20-p80) | speed-up "
-        "| distillation share ref / auto | teacher share | peak MiB ref / auto | compile s "
-        "| graph breaks ref / auto |"
+        "| paired speed-up (p20-p80) | distillation share ref / auto | teacher share | peak MiB ref / auto "
+        "| compile s | graph breaks ref / auto |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         peaks = (
             ""
@@ -68,10 +68,15 @@ def step_table(rows: Sequence[StepResult]) -> str:
             if r.graph_breaks_reference is None or r.graph_breaks_auto is None
             else f"{r.graph_breaks_reference} / {r.graph_breaks_auto}"
         )
+        paired = (
+            ""
+            if r.paired_speedup is None
+            else f"{r.paired_speedup:.2f}x ({r.paired_speedup_p20:.2f}-{r.paired_speedup_p80:.2f})"
+        )
         lines.append(
             f"| {r.method} | {r.device} | {r.mode} | {r.batch} | {_ms(r.reference_ms)} ({_ms(r.reference_p20_ms)}-"
             f"{_ms(r.reference_p80_ms)}) | {_ms(r.auto_ms)} ({_ms(r.auto_p20_ms)}-{_ms(r.auto_p80_ms)}) | "
-            f"{r.speedup:.2f}x | {shares} | {teacher} | {peaks} | {compiled} | {breaks} |"
+            f"{r.speedup:.2f}x | {paired} | {shares} | {teacher} | {peaks} | {compiled} | {breaks} |"
         )
     return "\n".join(lines)
 

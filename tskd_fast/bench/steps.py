@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as torch_f
 
 from tskd_fast.bench.memory import peak_memory_bytes
-from tskd_fast.bench.timing import Plan, measure, warm_up
+from tskd_fast.bench.timing import Plan, measure, paired_ratios, warm_up
 from tskd_fast.ops.backend import ENV_VAR
 
 TEACHER, STUDENT, CLASSES = "resnet32x4", "resnet8x4", 100
@@ -38,7 +38,9 @@ class StepResult:
     (p20/p80 of the two full steps), shares of the auto step (eager rows only), the seconds the
     compiled auto step's first call took (compiling it), and for compiled rows the graph breaks and
     graphs torch.compile counted while compiling each step (0 breaks and 1 graph when the whole
-    step traced as one)."""
+    step traced as one). ``speedup`` is the reference median over the auto median;
+    ``paired_speedup`` the median (p20, p80) over rounds of the reference step's time over the auto
+    step's in the same round (timing.paired_ratios)."""
 
     method: str
     device: str
@@ -63,6 +65,9 @@ class StepResult:
     graph_breaks_auto: int | None = None
     graphs_reference: int | None = None
     graphs_auto: int | None = None
+    paired_speedup: float | None = None
+    paired_speedup_p20: float | None = None
+    paired_speedup_p80: float | None = None
 
 
 def method_config(method: str) -> dict:
@@ -138,10 +143,17 @@ def own_random_stream(module: torch.nn.Module, fn: Callable[[], None]) -> Callab
 
 
 def build_step(
-    method: str, device: torch.device, batch: int, compile_modes: Sequence[str] = ()
+    method: str,
+    device: torch.device,
+    batch: int,
+    compile_modes: Sequence[str] = (),
+    *,
+    same_draws: bool = True,
 ) -> dict[str, Callable[[], None]]:
     """The timed callables of a method: "reference", "auto", "student", "teacher", and
-    "<mode> reference" / "<mode> auto" for each compile mode (compiled on their first call)."""
+    "<mode> reference" / "<mode> auto" for each compile mode (compiled on their first call).
+    ``same_draws=False`` lets the full steps share the module's generators, as the bench did before
+    each got its own copy (benchmarks/tst_draws.py measures what that did to TST's ratio)."""
     from tskd_fast.engine.build import build_distiller
     from tskd_fast.engine.compile import COMPILE_MODES, CompiledStep
     from tskd_fast.engine.optim import build_optimizer
@@ -197,9 +209,12 @@ def build_step(
         with torch.no_grad():
             distiller.teacher(images)
 
+    def own_draws(fn: Callable[[], None]) -> Callable[[], None]:
+        return own_random_stream(distiller, fn) if same_draws else fn
+
     fns = {
-        "reference": with_backend("reference", own_random_stream(distiller, full_step)),
-        "auto": with_backend("auto", own_random_stream(distiller, full_step)),
+        "reference": with_backend("reference", own_draws(full_step)),
+        "auto": with_backend("auto", own_draws(full_step)),
         "student": student_step,
         "teacher": teacher_forward,
     }
@@ -209,7 +224,7 @@ def build_step(
         for backend in ("reference", "auto"):
             # One CompiledStep per backend: the backend is read while tracing, so each has its graph.
             compiled = full_step_with(CompiledStep(distiller, mode))
-            fns[f"{mode} {backend}"] = with_backend(backend, own_random_stream(distiller, compiled))
+            fns[f"{mode} {backend}"] = with_backend(backend, own_draws(compiled))
     return fns
 
 
@@ -259,6 +274,7 @@ def run_method(
     for mode in ("eager", *compile_modes):
         prefix = "" if mode == "eager" else f"{mode} "
         ref, auto = stats[prefix + "reference"], stats[prefix + "auto"]
+        paired = paired_ratios(ref, auto)
         peaks = {"reference": None, "auto": None}
         if with_memory:
             for backend in peaks:
@@ -289,6 +305,9 @@ def run_method(
                 graph_breaks_auto=None if eager else traced[prefix + "auto"]["breaks"],
                 graphs_reference=None if eager else traced[prefix + "reference"]["graphs"],
                 graphs_auto=None if eager else traced[prefix + "auto"]["graphs"],
+                paired_speedup=paired.median,
+                paired_speedup_p20=paired.p20,
+                paired_speedup_p80=paired.p80,
             )
         )
     return rows

@@ -33,13 +33,15 @@ def quiet_compile_workers() -> None:
 
 @dataclass(frozen=True)
 class Stats:
-    """Per-call time in milliseconds over `samples` samples of `inner` calls each."""
+    """Per-call time in milliseconds over `samples` samples of `inner` calls each; `values` are the
+    samples in the order they were taken (round by round in `measure`)."""
 
     median: float
     p20: float
     p80: float
     samples: int
     inner: int
+    values: tuple[float, ...] = ()
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -55,8 +57,22 @@ def percentile(sorted_values: list[float], q: float) -> float:
 def summarize(samples_ms: list[float], inner: int = 1) -> Stats:
     ordered = sorted(samples_ms)
     return Stats(
-        percentile(ordered, 0.5), percentile(ordered, 0.2), percentile(ordered, 0.8), len(ordered), inner
+        percentile(ordered, 0.5),
+        percentile(ordered, 0.2),
+        percentile(ordered, 0.8),
+        len(ordered),
+        inner,
+        tuple(samples_ms),
     )
+
+
+def paired_ratios(numerator: Stats, denominator: Stats) -> Stats:
+    """Round by round, numerator's sample over denominator's (two implementations timed in the
+    same rounds of `measure`), summarised: a ratio from neighbouring samples, which a slow period
+    of a shared machine moves less than it moves a ratio of two medians."""
+    if len(numerator.values) != len(denominator.values) or not numerator.values:
+        raise ValueError("paired_ratios needs two Stats of the same rounds, with their values")
+    return summarize([n / d for n, d in zip(numerator.values, denominator.values)])
 
 
 class CacheFlusher:
