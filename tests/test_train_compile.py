@@ -10,6 +10,7 @@ on the CPU; test_compile_step.py runs it on the tst step, and benchmarks/README.
 method's step compiled with it."""
 
 import functools
+import math
 import os
 import socket
 
@@ -88,6 +89,20 @@ def test_train_with_compile_completes_for_every_method(
     assert traced_steps.frame_count == GRAPHS.get(method, 1)
     assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
     assert not [k for k in _keys(state) if "_orig_mod" in k]
+
+
+@pytest.mark.parametrize("method", ["reviewkd", "tskd"])  # the methods with the most fused ops
+def test_train_with_compile_under_bf16_autocast(method, tmp_path, teacher_checkpoint, traced_steps, capsys):
+    """trainer.amp=bf16 (autocast around the compiled step): one graph per step kind, no break."""
+    args = [*BASE, f"distiller.name={method}", f"teacher.checkpoint={teacher_checkpoint}", *METHODS[method]]
+    out = tmp_path / "run"
+    assert main(["train", "-o", str(out), *args, *EXTRA.get(method, []), "trainer.amp=bf16"]) == 0
+    capsys.readouterr()
+    assert traced_steps.frame_count == GRAPHS.get(method, 1)
+    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
+    history = load_state(str(out / CHECKPOINT))["history"]
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert all(math.isfinite(row["train_loss"]) for row in history), history
 
 
 def test_compiled_run_has_plain_checkpoints_and_resumes_exactly(
