@@ -6,7 +6,7 @@ TST's step applies augmentation ops drawn at random each step, and the ops diffe
 Until the bench gave the reference and the fused step each its own copy of the module's
 generators, the two drew from one shared stream and so timed different work. This script repeats
 the bench's quick step measurement (`tskd-fast bench --quick`: batch 8, one warm-up call, 3 rounds)
-`--trials` times in each of two ways, on the same models:
+`--trials` times in each of two ways, each on its own build of the same seeded models:
 
 * ``shared draws``: both steps draw from the one stream, as the bench did then;
 * ``same draws``: each step replays its own copy of the stream, as the bench does now;
@@ -24,28 +24,25 @@ import statistics
 
 import torch
 
-from tskd_fast.bench.steps import build_step
-from tskd_fast.bench.timing import Plan, Timer, measure, quiet_compile_workers, warm_up
-
-QUICK_STEPS = Plan(warmup=1, repeat=3, min_repeat=3, max_seconds=4.0)
+from tskd_fast.bench.steps import build_step, step_plan
+from tskd_fast.bench.timing import Timer, measure, quiet_compile_workers, warm_up
 
 
-def ratios(device: torch.device, batch: int, trials: int, same_draws: bool) -> list[float]:
-    fns = build_step("tst", device, batch, same_draws=same_draws)
-    pair = {"reference": fns["reference"], "auto": fns["auto"]}
+def ratios(pair: dict, device: torch.device, trials: int) -> list[float]:
+    """`trials` quick measurements of the {"reference", "auto"} steps: each one's ratio of medians."""
+    plan = step_plan(quick=True)
     found = []
     for _ in range(trials):
-        call_ms, failed = warm_up(pair, device, QUICK_STEPS.warmup)
+        call_ms, failed = warm_up(pair, device, plan.warmup)
         if failed:
             raise RuntimeError(f"the tst step failed: {failed}")
-        stats = measure(pair, device, QUICK_STEPS, call_ms)
+        stats = measure(pair, device, plan, call_ms)
         found.append(stats["reference"].median / stats["auto"].median)
     return found
 
 
-def per_draw_ms(device: torch.device, batch: int, draws: int) -> list[float]:
-    step = build_step("tst", device, batch)["auto"]
-    step()  # first call: allocations, lazy initialisation
+def per_draw_ms(step, device: torch.device, draws: int) -> list[float]:
+    """One call of a warmed-up step on each of `draws` consecutive draws, sorted."""
     timer = Timer(device)
     return sorted(timer(step, 1) for _ in range(draws))
 
@@ -66,10 +63,11 @@ def main() -> None:
         f"tst step, batch {args.batch}, {device}: ratio reference / fused, quick plan, {args.trials} trials"
     )
     for label, same in (("shared draws", False), ("same draws", True)):
-        found = ratios(device, args.batch, args.trials, same)
+        fns = build_step("tst", device, args.batch, same_draws=same)
+        found = ratios({"reference": fns["reference"], "auto": fns["auto"]}, device, args.trials)
         listed = " ".join(f"{r:.2f}x" for r in found)
         print(f"  {label:<12}: {listed}  (range {min(found):.2f}x-{max(found):.2f}x)")
-    times = per_draw_ms(device, args.batch, args.draws)
+    times = per_draw_ms(fns["auto"], device, args.draws)  # the same-draws build, warmed up above
     print(
         f"fused step over {args.draws} draws: fastest {times[0]:.1f} ms, median {statistics.median(times):.1f} ms, "
         f"slowest {times[-1]:.1f} ms ({times[-1] / times[0]:.1f}x the fastest)"

@@ -278,3 +278,14 @@ def test_graph_breaks_and_graphs_are_counted():
         torch.compile(whole, backend="eager")(x)
     assert counted == {"breaks": 0, "graphs": 1}
     torch._dynamo.reset()
+
+
+def test_step_plan_defaults_and_the_options_that_override_them():
+    from tskd_fast.bench.cli import _plans, build_parser
+
+    for quick in (False, True):
+        argv = ["--quick"] if quick else []
+        assert _plans(build_parser().parse_args(argv))[1] == steps.step_plan(quick)
+    plan = _plans(build_parser().parse_args(["--repeat", "30", "--max-seconds", "420", "--warmup", "4"]))[1]
+    assert (plan.repeat, plan.max_seconds, plan.warmup) == (30, 420.0, 4)
+    assert plan.min_repeat == steps.step_plan(False).min_repeat

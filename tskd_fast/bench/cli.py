@@ -4,6 +4,7 @@ torch.compile on every device present, then whole training steps, in one table e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -22,7 +23,7 @@ from tskd_fast.bench import report  # noqa: E402
 from tskd_fast.bench.bandwidth import copy_bandwidth  # noqa: E402
 from tskd_fast.bench.cases import FAMILIES  # noqa: E402
 from tskd_fast.bench.runner import Result, fused_backends, run_case  # noqa: E402
-from tskd_fast.bench.steps import StepResult, distilling_methods, run_method  # noqa: E402
+from tskd_fast.bench.steps import StepResult, distilling_methods, run_method, step_plan  # noqa: E402
 from tskd_fast.bench.timing import Plan  # noqa: E402
 from tskd_fast.errors import UserError  # noqa: E402
 
@@ -182,11 +183,12 @@ def _plans(args: argparse.Namespace) -> tuple[Plan, Plan]:
         max_seconds=args.max_seconds if args.max_seconds is not None else (2.0 if quick else 10.0),
         cold=args.cold,
     )
-    steps = Plan(
-        warmup=args.warmup if args.warmup is not None else (1 if quick else 2),
-        repeat=args.repeat if args.repeat is not None else (3 if quick else 10),
-        min_repeat=3 if quick else 5,
-        max_seconds=args.max_seconds if args.max_seconds is not None else (4.0 if quick else 60.0),
+    step = step_plan(quick)
+    steps = dataclasses.replace(
+        step,
+        warmup=args.warmup if args.warmup is not None else step.warmup,
+        repeat=args.repeat if args.repeat is not None else step.repeat,
+        max_seconds=args.max_seconds if args.max_seconds is not None else step.max_seconds,
     )
     return ops, steps
 

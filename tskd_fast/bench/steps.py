@@ -70,6 +70,13 @@ class StepResult:
     paired_speedup_p80: float | None = None
 
 
+def step_plan(quick: bool) -> Plan:
+    """How long `tskd-fast bench` times the steps unless told otherwise (--quick: `quick`)."""
+    if quick:
+        return Plan(warmup=1, repeat=3, min_repeat=3, max_seconds=4.0)
+    return Plan(warmup=2, repeat=10, min_repeat=5, max_seconds=60.0)
+
+
 def method_config(method: str) -> dict:
     """The method's packaged resnet32x4 -> resnet8x4 CIFAR-100 config when there is one, else the
     default config switched to that method, pair and dataset."""
